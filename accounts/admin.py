@@ -1,0 +1,98 @@
+"""Django admin for IAM: users, pools and memberships, with bulk member adds."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+from django.contrib import admin, messages
+from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
+from django.db.models import QuerySet
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import get_object_or_404, render
+from django.urls import path, reverse
+
+from accounts import services
+from accounts.models import Membership, Pool, Role, User
+
+
+@admin.register(User)
+class UserAdmin(BaseUserAdmin):
+    list_display = ["username", "role", "is_active", "date_joined", "last_login"]
+    list_filter = ["role", "is_active", "is_staff"]
+    search_fields = ["username", "email"]
+    fieldsets = (*(BaseUserAdmin.fieldsets or ()), ("poolhub", {"fields": ("role",)}))
+
+
+class MembershipInline(admin.TabularInline):
+    model = Membership
+    extra = 0
+    autocomplete_fields = ["user"]
+    show_change_link = False
+
+
+class BulkMembersForm(forms.Form):
+    usernames = forms.CharField(widget=forms.Textarea(attrs={"rows": 12, "cols": 60}),
+                                help_text="One username per line (or separated by commas or spaces).")
+    role = forms.ChoiceField(choices=Role.choices, initial=Role.CONTRIBUTOR)
+
+    def clean_usernames(self) -> list[str]:
+        raw = self.cleaned_data["usernames"].replace(",", " ").split()
+        return sorted(set(raw))
+
+
+@admin.register(Pool)
+class PoolAdmin(admin.ModelAdmin):
+    list_display = ["name", "window_seconds", "grace_seconds", "late_policy", "member_count", "created_at"]
+    search_fields = ["name"]
+    inlines = [MembershipInline]
+    readonly_fields = ["id", "created_at"]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Pool]:
+        from django.db.models import Count
+
+        return super().get_queryset(request).annotate(_members=Count("memberships"))
+
+    @admin.display(description="members", ordering="_members")
+    def member_count(self, pool: Any) -> int:
+        return int(pool._members)
+
+    def get_urls(self) -> list[Any]:
+        extra = [path("<uuid:pool_id>/add-members/", self.admin_site.admin_view(self.add_members),
+                      name="accounts_pool_add_members")]
+        return extra + super().get_urls()
+
+    def add_members(self, request: HttpRequest, pool_id: Any) -> HttpResponse:
+        pool = get_object_or_404(Pool, id=pool_id)
+        form = BulkMembersForm(request.POST or None)
+        if request.method == "POST" and form.is_valid():
+            names: list[str] = form.cleaned_data["usernames"]
+            added = services.pool_members_add_many(pool=pool, usernames=names, role=form.cleaned_data["role"])
+            known = set(User.objects.filter(username__in=names).values_list("username", flat=True))
+            unknown = [n for n in names if n not in known]
+            messages.success(request, f"Added {added} member(s) to {pool.name}.")
+            if unknown:
+                messages.warning(request, f"No such user(s), not added: {', '.join(unknown[:50])}")
+            return HttpResponseRedirect(reverse("admin:accounts_pool_change", args=[pool.id]))
+        context = {**self.admin_site.each_context(request), "form": form, "pool": pool,
+                   "opts": self.model._meta, "title": f"Add members to {pool.name}"}
+        return render(request, "admin/accounts/pool/add_members.html", context)
+
+
+@admin.register(Membership)
+class MembershipAdmin(admin.ModelAdmin):
+    list_display = ["user", "pool", "role", "created_at"]
+    list_filter = ["role", "pool"]
+    search_fields = ["user__username", "pool__name"]
+    autocomplete_fields = ["user", "pool"]
+    actions = ["make_listener", "make_contributor"]
+
+    @admin.action(description="Set role: listener")
+    def make_listener(self, request: HttpRequest, queryset: QuerySet[Membership]) -> None:
+        count = queryset.update(role=Role.LISTENER)
+        messages.info(request, f"{count} membership(s) are now listeners.")
+
+    @admin.action(description="Set role: contributor")
+    def make_contributor(self, request: HttpRequest, queryset: QuerySet[Membership]) -> None:
+        count = queryset.update(role=Role.CONTRIBUTOR)
+        messages.info(request, f"{count} membership(s) are now contributors.")

@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+from typing import Any
+
+from rest_framework import serializers
+
+from accounts.models import MAX_WINDOW_SECONDS, MIN_WINDOW_SECONDS, LatePolicy, Membership, Pool, Role, User
+
+
+class UserOutput(serializers.Serializer):
+    id = serializers.UUIDField()
+    username = serializers.CharField()
+    role = serializers.SerializerMethodField()
+
+    def get_role(self, user: User) -> str:
+        return "admin" if user.is_poolhub_admin else "user"
+
+
+class CredentialsInput(serializers.Serializer):
+    username = serializers.RegexField(r"^[\w.@+-]+\Z", max_length=150)
+    password = serializers.CharField(max_length=256, trim_whitespace=False)
+
+
+class RefreshInput(serializers.Serializer):
+    refresh = serializers.CharField()
+
+
+class LogoutInput(serializers.Serializer):
+    refresh = serializers.CharField(required=False, allow_blank=True)
+
+
+class PoolSerializer(serializers.ModelSerializer):
+    window_seconds = serializers.IntegerField(min_value=MIN_WINDOW_SECONDS, max_value=MAX_WINDOW_SECONDS,
+                                              required=False)
+    grace_seconds = serializers.IntegerField(min_value=0, max_value=MAX_WINDOW_SECONDS, required=False)
+    max_file_bytes = serializers.IntegerField(min_value=1, required=False)
+    allowed_types = serializers.ListField(child=serializers.CharField(max_length=100), required=False,
+                                          max_length=100)
+    late_policy = serializers.ChoiceField(choices=LatePolicy.choices, required=False)
+    webhook_secret = serializers.CharField(write_only=True, required=False, allow_blank=True, max_length=128)
+
+    class Meta:
+        model = Pool
+        fields = ["id", "name", "window_seconds", "grace_seconds", "max_file_bytes", "allowed_types",
+                  "late_policy", "created_at", "origin", "lease_seconds", "close_min_uploads",
+                  "close_min_contributors", "webhook_url", "webhook_secret"]
+        read_only_fields = ["id", "created_at"]
+
+
+class PoolOutput(PoolSerializer):
+    role = serializers.SerializerMethodField()
+
+    class Meta(PoolSerializer.Meta):
+        fields = [*PoolSerializer.Meta.fields, "role"]
+
+    def get_role(self, pool: Pool) -> str | None:
+        roles: dict[Any, str] = self.context.get("roles", {})
+        return roles.get(pool.id)
+
+
+class MemberSerializer(serializers.Serializer):
+    username = serializers.CharField(max_length=150)
+    role = serializers.ChoiceField(choices=Role.choices)
+
+    def to_representation(self, membership: Membership) -> dict[str, Any]:
+        return {"username": membership.user.username, "role": membership.role}
+
+
+class MemberRoleInput(serializers.Serializer):
+    role = serializers.ChoiceField(choices=Role.choices)

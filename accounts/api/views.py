@@ -1,0 +1,152 @@
+"""Auth, pools and membership endpoints: validate, check access, one service, serialize."""
+
+from __future__ import annotations
+
+from typing import Any, cast
+from uuid import UUID
+
+from rest_framework import status
+from rest_framework.permissions import AllowAny
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.throttling import SimpleRateThrottle
+from rest_framework.views import APIView
+
+from accounts import selectors, services
+from accounts.api.serializers import (
+    CredentialsInput,
+    LogoutInput,
+    MemberRoleInput,
+    MemberSerializer,
+    PoolOutput,
+    PoolSerializer,
+    RefreshInput,
+    UserOutput,
+)
+from accounts.models import Role, User
+from poolhub.errors import Forbidden
+
+
+class AuthThrottle(SimpleRateThrottle):
+    """Per client address, for the endpoints that take passwords or refresh tokens."""
+
+    scope = "auth"
+
+    def get_cache_key(self, request: Request, view: APIView) -> str:
+        return self.cache_format % {"scope": self.scope, "ident": self.get_ident(request)}
+
+
+def _valid(serializer_class: type[Any], data: Any, **kwargs: Any) -> dict[str, Any]:
+    serializer = serializer_class(data=data, **kwargs)
+    serializer.is_valid(raise_exception=True)
+    return cast(dict[str, Any], serializer.validated_data)
+
+
+def _user(request: Request) -> User:
+    return cast(User, request.user)
+
+
+class SignupApi(APIView):
+    permission_classes = [AllowAny]
+    authentication_classes: list[Any] = []
+    throttle_classes = [AuthThrottle]
+
+    def post(self, request: Request) -> Response:
+        data = _valid(CredentialsInput, request.data)
+        services.user_signup(username=data["username"], password=data["password"])
+        user, tokens = services.user_login(username=data["username"], password=data["password"])
+        return Response({"user": UserOutput(user).data, **tokens}, status=status.HTTP_201_CREATED)
+
+
+class LoginApi(APIView):
+    permission_classes = [AllowAny]
+    authentication_classes: list[Any] = []
+    throttle_classes = [AuthThrottle]
+
+    def post(self, request: Request) -> Response:
+        data = _valid(CredentialsInput, request.data)
+        user, tokens = services.user_login(username=data["username"], password=data["password"])
+        return Response({"user": UserOutput(user).data, **tokens})
+
+
+class RefreshApi(APIView):
+    permission_classes = [AllowAny]
+    authentication_classes: list[Any] = []
+    throttle_classes = [AuthThrottle]
+
+    def post(self, request: Request) -> Response:
+        data = _valid(RefreshInput, request.data)
+        return Response(services.token_refresh(refresh=data["refresh"]))
+
+
+class LogoutApi(APIView):
+    def post(self, request: Request) -> Response:
+        data = _valid(LogoutInput, request.data)
+        services.user_logout(user=_user(request), access=request.auth, refresh=data.get("refresh") or None)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class ValidateApi(APIView):
+    def get(self, request: Request) -> Response:
+        user = _user(request)
+        roles = selectors.pool_roles_for_user(user=user)
+        pools = [
+            {"id": str(pool.id), "name": pool.name, "role": roles.get(pool.id, "admin")}
+            for pool in selectors.pool_list(user=user)
+        ]
+        return Response({"user": UserOutput(user).data, "pools": pools})
+
+
+class PoolListCreateApi(APIView):
+    def get(self, request: Request) -> Response:
+        user = _user(request)
+        pools = selectors.pool_list(user=user)
+        roles = selectors.pool_roles_for_user(user=user)
+        return Response(PoolOutput(pools, many=True, context={"roles": roles}).data)
+
+    def post(self, request: Request) -> Response:
+        user = _user(request)
+        if not selectors.user_is_admin(user=user):
+            raise Forbidden("only admins create pools")
+        data = _valid(PoolSerializer, request.data)
+        pool = services.pool_create(data=data)
+        return Response(PoolOutput(pool).data, status=status.HTTP_201_CREATED)
+
+
+class PoolDetailApi(APIView):
+    def get(self, request: Request, pool_id: UUID) -> Response:
+        user = _user(request)
+        pool = selectors.pool_access(user=user, pool_id=pool_id)
+        return Response(PoolOutput(pool, context={"roles": selectors.pool_roles_for_user(user=user)}).data)
+
+    def patch(self, request: Request, pool_id: UUID) -> Response:
+        user = _user(request)
+        pool = selectors.pool_access(user=user, pool_id=pool_id, roles=[Role.MANAGER])
+        data = _valid(PoolSerializer, request.data, instance=pool, partial=True)
+        pool = services.pool_update(pool=pool, data=data)
+        return Response(PoolOutput(pool, context={"roles": selectors.pool_roles_for_user(user=user)}).data)
+
+
+class MemberListApi(APIView):
+    def get(self, request: Request, pool_id: UUID) -> Response:
+        pool = selectors.pool_access(user=_user(request), pool_id=pool_id)
+        return Response(MemberSerializer(selectors.pool_member_list(pool=pool), many=True).data)
+
+    def post(self, request: Request, pool_id: UUID) -> Response:
+        pool = selectors.pool_access(user=_user(request), pool_id=pool_id, roles=[Role.MANAGER])
+        data = _valid(MemberSerializer, request.data)
+        membership = services.pool_member_add(pool=pool, username=data["username"], role=data["role"])
+        return Response(MemberSerializer(membership).data, status=status.HTTP_201_CREATED)
+
+
+class MemberDetailApi(APIView):
+    def patch(self, request: Request, pool_id: UUID, username: str) -> Response:
+        pool = selectors.pool_access(user=_user(request), pool_id=pool_id, roles=[Role.MANAGER])
+        data = _valid(MemberRoleInput, request.data)
+        membership = services.pool_member_update(pool=pool, username=username, role=data["role"])
+        return Response(MemberSerializer(membership).data)
+
+    def delete(self, request: Request, pool_id: UUID, username: str) -> Response:
+        pool = selectors.pool_access(user=_user(request), pool_id=pool_id, roles=[Role.MANAGER])
+        services.pool_member_remove(pool=pool, username=username)
+        return Response(status=status.HTTP_204_NO_CONTENT)

@@ -1,0 +1,175 @@
+"""Writes for accounts, pools and memberships."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from django.contrib.auth import authenticate
+from django.contrib.auth.password_validation import validate_password
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import IntegrityError, transaction
+from rest_framework_simplejwt.exceptions import TokenError
+from rest_framework_simplejwt.tokens import AccessToken, RefreshToken
+
+from accounts.models import Membership, Pool, Role, User
+from accounts.tokens import access_token_deny, token_pair_for
+from poolhub.errors import ApiError, BadRequest, Conflict, NotFound
+
+
+def _invalid(field: str, message: str, code: str = "invalid") -> BadRequest:
+    return BadRequest(f"{field}: {message}", code=code, details={"fields": {field: [message]}})
+
+
+def user_signup(*, username: str, password: str) -> User:
+    candidate = User(username=username)
+    try:
+        validate_password(password, user=candidate)
+    except DjangoValidationError as exc:
+        raise BadRequest("password: " + " ".join(exc.messages), code="weak_password",
+                         details={"fields": {"password": list(exc.messages)}}) from exc
+    try:
+        with transaction.atomic():
+            return User.objects.create_user(username=username, password=password)
+    except IntegrityError as exc:
+        raise Conflict("username: this username is taken", code="username_taken",
+                       details={"fields": {"username": ["this username is taken"]}}) from exc
+
+
+def user_login(*, username: str, password: str) -> tuple[User, dict[str, str]]:
+    user = authenticate(username=username, password=password)
+    if not isinstance(user, User) or not user.is_active:
+        raise ApiError("wrong username or password", code="invalid_credentials", status_code=401)
+    return user, token_pair_for(user=user)
+
+
+def token_refresh(*, refresh: str) -> dict[str, str]:
+    """Rotate: the old refresh token is blacklisted, a new pair is returned."""
+    try:
+        token = RefreshToken(refresh)  # type: ignore[arg-type]
+    except TokenError as exc:
+        code = "token_revoked" if "blacklisted" in str(exc).lower() else "invalid_token"
+        raise ApiError("the refresh token is invalid, expired or already used", code=code,
+                       status_code=401) from exc
+    user = User.objects.filter(id=token.get("user_id"), is_active=True).first()
+    if user is None:
+        raise ApiError("the refresh token's user no longer exists", code="invalid_token", status_code=401)
+    try:
+        token.blacklist()
+    except IntegrityError as exc:  # a concurrent refresh spent it first
+        raise ApiError("the refresh token was already used", code="token_revoked", status_code=401) from exc
+    return token_pair_for(user=user)
+
+
+def user_logout(*, user: User, access: AccessToken | dict[str, Any] | None, refresh: str | None) -> None:
+    """Revoke the access token in hand (denylist by jti) and, if given, the refresh token."""
+    if refresh:
+        try:
+            token = RefreshToken(refresh)  # type: ignore[arg-type]
+        except TokenError as exc:
+            code = "token_revoked" if "blacklisted" in str(exc).lower() else "invalid_token"
+            raise ApiError("the refresh token is invalid or already used", code=code, status_code=401) from exc
+        if str(token.get("user_id")) != str(user.id):
+            raise _invalid("refresh", "this refresh token belongs to someone else")
+        token.blacklist()
+    if access is not None:
+        access_token_deny(token=access)
+
+
+def pool_create(*, data: dict[str, Any]) -> Pool:
+    try:
+        with transaction.atomic():
+            return Pool.objects.create(**data)
+    except IntegrityError as exc:
+        raise Conflict("name: a pool with this name exists", details={"fields": {"name": ["taken"]}}) from exc
+
+
+def pool_update(*, pool: Pool, data: dict[str, Any]) -> Pool:
+    for field, value in data.items():
+        setattr(pool, field, value)
+    try:
+        with transaction.atomic():
+            pool.save(update_fields=[*data.keys()] or None)
+    except IntegrityError as exc:
+        raise Conflict("name: a pool with this name exists", details={"fields": {"name": ["taken"]}}) from exc
+    return pool
+
+
+def pool_member_add(*, pool: Pool, username: str, role: Role | str) -> Membership:
+    user = User.objects.filter(username=username).first()
+    if user is None:
+        raise _invalid("username", "no user with this username", code="unknown_user")
+    try:
+        with transaction.atomic():
+            return Membership.objects.create(pool=pool, user=user, role=role)
+    except IntegrityError as exc:
+        raise Conflict(f"{username} is already a member of this pool", details={"fields": {"username": ["member"]}}) from exc
+
+
+def pool_members_add_many(*, pool: Pool, usernames: list[str], role: Role | str) -> int:
+    """Add many existing users at once (admin bulk add); existing members keep their role."""
+    users = User.objects.filter(username__in=usernames)
+    existing = set(Membership.objects.filter(pool=pool, user__in=users).values_list("user_id", flat=True))
+    new = [Membership(pool=pool, user=u, role=role) for u in users if u.id not in existing]
+    Membership.objects.bulk_create(new, batch_size=1000)
+    return len(new)
+
+
+def pool_member_update(*, pool: Pool, username: str, role: Role | str) -> Membership:
+    membership = Membership.objects.filter(pool=pool, user__username=username).select_related("user").first()
+    if membership is None:
+        raise NotFound("no such member")
+    membership.role = role
+    membership.save(update_fields=["role"])
+    _membership_changed(pool=pool, user_id=membership.user_id)
+    return membership
+
+
+def pool_member_remove(*, pool: Pool, username: str) -> None:
+    with transaction.atomic():
+        membership = Membership.objects.filter(pool=pool, user__username=username).first()
+        if membership is None:
+            raise NotFound("no such member")
+        user_id = membership.user_id
+        membership.delete()
+    _membership_changed(pool=pool, user_id=user_id)
+
+
+def _membership_changed(*, pool: Pool, user_id: Any) -> None:
+    from notifications.services import membership_changed  # sockets drop the pool's pushes
+
+    transaction.on_commit(lambda: membership_changed(pool_id=pool.id, user_id=user_id))
+
+
+def clients_provision(*, pool: Pool, count: int, prefix: str, role: Role | str) -> list[tuple[str, str]]:
+    """Create `count` client accounts with random passwords and add them to the pool."""
+    credentials: list[tuple[str, str]] = []
+    taken = set(User.objects.filter(username__startswith=prefix).values_list("username", flat=True))
+    index = 0
+    with transaction.atomic():
+        while len(credentials) < count:
+            index += 1
+            username = f"{prefix}{index:05d}"
+            if username in taken:
+                continue
+            password = secrets.token_urlsafe(18)
+            user = User.objects.create_user(username=username, password=password)
+            Membership.objects.create(pool=pool, user=user, role=role)
+            credentials.append((username, password))
+    return credentials
+
+
+def admin_ensure(*, username: str, password: str | None) -> tuple[User, str | None]:
+    """Make sure an admin account exists. Returns the generated password when one was made."""
+    user = User.objects.filter(username=username).first()
+    generated = None
+    if user is None:
+        generated = None if password else secrets.token_urlsafe(16)
+        user = User.objects.create_superuser(username=username, password=password or generated, email="")
+    elif password and not user.check_password(password):
+        user.set_password(password)
+    user.role = User.SystemRole.ADMIN
+    user.is_staff = True
+    user.is_superuser = True
+    user.save()
+    return user, generated

