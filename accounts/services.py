@@ -10,7 +10,7 @@ from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import IntegrityError, transaction
 from rest_framework_simplejwt.exceptions import TokenError
-from rest_framework_simplejwt.tokens import AccessToken, RefreshToken
+from rest_framework_simplejwt.tokens import RefreshToken, Token
 
 from accounts.models import Membership, Pool, Role, User
 from accounts.tokens import access_token_deny, token_pair_for
@@ -61,7 +61,7 @@ def token_refresh(*, refresh: str) -> dict[str, str]:
     return token_pair_for(user=user)
 
 
-def user_logout(*, user: User, access: AccessToken | dict[str, Any] | None, refresh: str | None) -> None:
+def user_logout(*, user: User, access: Token | dict[str, Any] | None, refresh: str | None) -> None:
     """Revoke the access token in hand (denylist by jti) and, if given, the refresh token."""
     if refresh:
         try:
@@ -103,7 +103,8 @@ def pool_member_add(*, pool: Pool, username: str, role: Role | str) -> Membershi
         with transaction.atomic():
             return Membership.objects.create(pool=pool, user=user, role=role)
     except IntegrityError as exc:
-        raise Conflict(f"{username} is already a member of this pool", details={"fields": {"username": ["member"]}}) from exc
+        raise Conflict(f"{username} is already a member of this pool",
+                       details={"fields": {"username": ["already a member"]}}) from exc
 
 
 def pool_members_add_many(*, pool: Pool, usernames: list[str], role: Role | str) -> int:

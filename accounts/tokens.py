@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from rest_framework_simplejwt.tokens import AccessToken, RefreshToken
+from rest_framework_simplejwt.tokens import RefreshToken, Token
 
 from accounts.models import User
 from poolhub.redis import redis_client
@@ -18,7 +18,7 @@ def token_pair_for(*, user: User) -> dict[str, str]:
     return {"access": str(refresh.access_token), "refresh": str(refresh)}
 
 
-def access_token_deny(*, token: AccessToken | dict[str, Any]) -> None:
+def access_token_deny(*, token: Token | dict[str, Any]) -> None:
     jti = str(token["jti"])
     ttl = max(1, int(token["exp"]) - int(time.time()))
     redis_client().set(_DENYLIST_PREFIX + jti, b"1", ex=ttl)

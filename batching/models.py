@@ -49,6 +49,9 @@ class Lease(models.Model):
     class Meta:
         ordering = ["-created_at"]
 
+    def __str__(self) -> str:
+        return f"lease {self.id} on {self.group_id}"
+
 
 class Result(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
@@ -65,6 +68,9 @@ class Result(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"result {self.id} of {self.group_id}"
 
 
 class WebhookDelivery(models.Model):
@@ -88,3 +94,6 @@ class WebhookDelivery(models.Model):
     class Meta:
         ordering = ["-created_at"]
         constraints = [models.UniqueConstraint(fields=["group", "event_seq"], name="one_delivery_per_event")]
+
+    def __str__(self) -> str:
+        return f"webhook {self.url} for event {self.event_seq}: {self.status}"

@@ -13,7 +13,7 @@ from rest_framework.response import Response
 class ApiError(exceptions.APIException):
     """An error the contract names: raise it from services and views with a code and details."""
 
-    status_code = status.HTTP_400_BAD_REQUEST
+    status_code: int = status.HTTP_400_BAD_REQUEST
     default_code = "invalid"
     default_detail = "the request is invalid"
 
@@ -134,8 +134,9 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
     code, message, details = _describe(exc)
     response.data = error_body(code, message, details)
     retry_after = getattr(exc, "retry_after", None)
-    if isinstance(exc, exceptions.Throttled) and exc.wait is not None:
-        retry_after = max(1, int(exc.wait + 0.999))
+    wait = getattr(exc, "wait", None)
+    if isinstance(exc, exceptions.Throttled) and wait is not None:
+        retry_after = max(1, int(wait + 0.999))
     if retry_after is not None:
         response["Retry-After"] = str(retry_after)
     if response.status_code == 401:

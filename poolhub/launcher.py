@@ -7,6 +7,7 @@ beat. Ctrl-C or SIGTERM stops every child; children also die with this process (
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
@@ -28,10 +29,8 @@ def log(message: str) -> None:
 
 def _die_with_parent() -> None:
     """Runs in each child before exec: if the launcher dies, the kernel sends the child SIGTERM."""
-    try:
+    with contextlib.suppress(OSError):  # not Linux: the launcher's own signal handling still stops children
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:  # not Linux: the launcher's own signal handling still stops children
-        pass
 
 
 class Stack:

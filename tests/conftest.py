@@ -97,3 +97,30 @@ def error_code(response: Any) -> str:
     assert set(body) == {"error"}, body
     assert set(body["error"]) == {"code", "message", "details"}, body
     return str(body["error"]["code"])
+
+
+@pytest.fixture
+def live_server_url(transactional_db: Any) -> Iterator[str]:
+    """A real ASGI server (uvicorn) on a free port, on the test database."""
+    from tests import live
+
+    process, url = live.start_web()
+    try:
+        yield url
+    finally:
+        live.stop(process)
+
+
+@pytest.fixture
+def celery_worker(transactional_db: Any) -> Iterator[Any]:
+    """A real Celery worker process; tasks sent on commit in the test go to it through the broker."""
+    from celery_app import app
+    from tests import live
+
+    app.conf.task_always_eager = False
+    process = live.start_worker()
+    try:
+        yield process
+    finally:
+        live.stop(process)
+        app.conf.task_always_eager = True

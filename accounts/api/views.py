@@ -82,7 +82,7 @@ class RefreshApi(APIView):
 class LogoutApi(APIView):
     def post(self, request: Request) -> Response:
         data = _valid(LogoutInput, request.data)
-        services.user_logout(user=_user(request), access=request.auth, refresh=data.get("refresh") or None)
+        services.user_logout(user=_user(request), access=cast(Any, request.auth), refresh=data.get("refresh") or None)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
