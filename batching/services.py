@@ -11,8 +11,12 @@ from batching.models import Group
 from batching.windows import window_bounds
 
 
-def group_for_timestamp(*, pool: Pool, timestamp: datetime) -> Group:
-    """The pool's group for the window holding `timestamp`, created on first use."""
+def group_for_upload(*, pool: Pool, timestamp: datetime) -> Group:
+    """The group an upload with this timestamp joins: its window's group, created on first use.
+
+    (The rounds work adds the pool's late policy here: a closed window may send the upload to the
+    next open group, or refuse it with 409.)
+    """
     start, end = window_bounds(origin=pool.origin, window_seconds=pool.window_seconds, at=timestamp)
     group = Group.objects.filter(pool=pool, window_start=start).first()
     if group is not None:
