@@ -13,7 +13,7 @@ from rest_framework_simplejwt.exceptions import TokenError
 from rest_framework_simplejwt.tokens import RefreshToken, Token
 
 from accounts.models import Membership, Pool, Role, User
-from accounts.tokens import access_token_deny, token_pair_for
+from accounts.tokens import RefreshTokenSpent, access_token_deny, refresh_token_spend, token_pair_for
 from poolhub.errors import ApiError, BadRequest, Conflict, NotFound
 
 
@@ -28,12 +28,16 @@ def user_signup(*, username: str, password: str) -> User:
     except DjangoValidationError as exc:
         raise BadRequest("password: " + " ".join(exc.messages), code="weak_password",
                          details={"fields": {"password": list(exc.messages)}}) from exc
+    taken = Conflict("username: this username is taken", code="username_taken",
+                     details={"fields": {"username": ["this username is taken"]}})
+    # "Alice" and "alice" would be two accounts a human cannot tell apart.
+    if User.objects.filter(username__iexact=username).exists():
+        raise taken
     try:
         with transaction.atomic():
             return User.objects.create_user(username=username, password=password)
-    except IntegrityError as exc:
-        raise Conflict("username: this username is taken", code="username_taken",
-                       details={"fields": {"username": ["this username is taken"]}}) from exc
+    except IntegrityError as exc:  # a concurrent signup took it between the check and the insert
+        raise taken from exc
 
 
 def user_login(*, username: str, password: str) -> tuple[User, dict[str, str]]:
@@ -55,8 +59,8 @@ def token_refresh(*, refresh: str) -> dict[str, str]:
     if user is None:
         raise ApiError("the refresh token's user no longer exists", code="invalid_token", status_code=401)
     try:
-        token.blacklist()
-    except IntegrityError as exc:  # a concurrent refresh spent it first
+        refresh_token_spend(token=token, user=user)
+    except RefreshTokenSpent as exc:  # a concurrent refresh spent it first
         raise ApiError("the refresh token was already used", code="token_revoked", status_code=401) from exc
     return token_pair_for(user=user)
 
@@ -71,9 +75,15 @@ def user_logout(*, user: User, access: Token | dict[str, Any] | None, refresh: s
             raise ApiError("the refresh token is invalid or already used", code=code, status_code=401) from exc
         if str(token.get("user_id")) != str(user.id):
             raise _invalid("refresh", "this refresh token belongs to someone else")
-        token.blacklist()
+        try:
+            refresh_token_spend(token=token, user=user)
+        except RefreshTokenSpent as exc:
+            raise ApiError("the refresh token was already used", code="token_revoked", status_code=401) from exc
     if access is not None:
         access_token_deny(token=access)
+        from notifications.services import access_token_revoked  # live sockets on this token close now
+
+        transaction.on_commit(lambda: access_token_revoked(user_id=user.id, jti=str(access["jti"])))
 
 
 def pool_create(*, data: dict[str, Any]) -> Pool:

@@ -5,7 +5,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from django.db import IntegrityError, transaction
+from rest_framework_simplejwt.token_blacklist.models import BlacklistedToken, OutstandingToken
 from rest_framework_simplejwt.tokens import RefreshToken, Token
+from rest_framework_simplejwt.utils import datetime_from_epoch
 
 from accounts.models import User
 from poolhub.redis import redis_client
@@ -16,6 +19,29 @@ _DENYLIST_PREFIX = "poolhub:jwt:denied:"
 def token_pair_for(*, user: User) -> dict[str, str]:
     refresh = RefreshToken.for_user(user)
     return {"access": str(refresh.access_token), "refresh": str(refresh)}
+
+
+class RefreshTokenSpent(Exception):
+    """The refresh token was already used (rotated or logged out)."""
+
+
+def refresh_token_spend(*, token: RefreshToken, user: User) -> None:
+    """Blacklist a refresh token exactly once.
+
+    simplejwt's own `blacklist()` uses get_or_create, so two concurrent refreshes of one token
+    would both succeed and both get a fresh pair; inserting the blacklist row (unique per token)
+    lets the database pick a single winner.
+    """
+    outstanding, _ = OutstandingToken.objects.get_or_create(
+        jti=str(token["jti"]),
+        defaults={"user": user, "token": str(token), "created_at": token.current_time,
+                  "expires_at": datetime_from_epoch(token["exp"])},
+    )
+    try:
+        with transaction.atomic():
+            BlacklistedToken.objects.create(token=outstanding)
+    except IntegrityError as exc:
+        raise RefreshTokenSpent(str(token["jti"])) from exc
 
 
 def access_token_deny(*, token: Token | dict[str, Any]) -> None:

@@ -177,6 +177,9 @@ REST_FRAMEWORK = {
         "uploads": env_str("THROTTLE_UPLOADS", "600/min"),
     },
     "UNAUTHENTICATED_USER": None,
+    # How many proxies in front of us append to X-Forwarded-For. 0: throttles key on the peer
+    # address, so a client cannot reset its count by sending a made-up X-Forwarded-For.
+    "NUM_PROXIES": env_int("NUM_PROXIES", 0),
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "poolhub API",
