@@ -61,6 +61,8 @@ class Upload(models.Model):
     status = models.CharField(max_length=8, choices=UploadStatus.choices, default=UploadStatus.CACHED,
                               db_index=True)
     attempts = models.PositiveSmallIntegerField(default=0)
+    # Where the bytes wait in Redis until they are stored (uploads.staging); kept after a failure.
+    staging_key = models.CharField(max_length=64, blank=True, default="")
     version = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     updated_at = models.DateTimeField(auto_now=True)

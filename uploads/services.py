@@ -1,0 +1,353 @@
+"""Upload writes: acceptance, storage to GridFS with counted attempts, re-drive, regrouping.
+
+Every state change appends an event (`uploads.events.event_append`) in the same transaction as
+the projection row it changes. Each upload event's `data` carries the projection after it:
+`status` and `attempts` always, `group` when the group changes. So `rebuild_projections`
+folds the log without knowing the event types, and listeners get status pushes from any event.
+
+Event types: `upload.cached` (accepted), `upload.storing` (a store attempt starts; counted
+before any byte moves, so a killed worker's attempt counts too), `upload.store_failed`,
+`upload.stored`, `upload.failed` (attempts exhausted; staged bytes kept), `upload.redriven`
+(an admin sent a failed upload back to `cached` with fresh attempts), `upload.regrouped`.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import Enum
+from typing import Any
+from uuid import UUID
+
+import pymongo.errors
+import redis
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from accounts.models import Pool, User
+from batching.models import Group
+from batching.services import group_for_upload
+from poolhub.errors import ApiError, Conflict
+from poolhub.redis import redis_client
+from uploads.events import event_append
+from uploads.models import Upload, UploadStatus
+from uploads.staging import (
+    StagedFile,
+    StagingMissing,
+    staging_drop,
+    staging_exists,
+    staging_keep,
+    staging_read,
+    staging_touch,
+)
+from uploads.storage import upload_file_remove, upload_file_sha256, upload_file_write
+
+logger = logging.getLogger(__name__)
+
+
+def _append(upload: Upload, type: str, **data: Any) -> None:
+    """Append an upload event whose data carries the projection after it."""
+    payload = {"status": upload.status, "attempts": upload.attempts, **data}
+    event_append(stream=upload, stream_type="upload", type=type, data=payload,
+                 pool_id=upload.pool_id, user_id=upload.uploader_id)
+
+
+def _enqueue_store(upload_id: UUID) -> None:
+    from uploads.tasks import store_upload  # late: tasks import this module
+
+    transaction.on_commit(lambda: store_upload.delay(str(upload_id)))
+
+
+# --- acceptance -------------------------------------------------------------------------------
+
+def upload_accept(*, pool: Pool, uploader: User, staged: StagedFile, timestamp: datetime, filename: str,
+                  batch_id: UUID | None = None) -> Upload:
+    """Record an upload whose bytes are already staged (see uploads.staging.StagingWriter).
+
+    The caller has checked access (contributor or manager), size, type and checksum; `staged`
+    comes from `StagingWriter.finish()` and `timestamp` from `checks.timestamp_parse`.
+    One transaction: the row, its `upload.cached` event and its group; the store task is sent on
+    commit. The same uploader sending the same bytes for the same timestamp gets the existing
+    upload back, and the new staged copy is dropped after commit. The staged bytes belong to the
+    upload once this returns; if it raises (e.g. the pool's late policy refuses the timestamp with
+    409), the caller still owns them and must discard them.
+    """
+    with transaction.atomic():
+        existing = _upload_existing(pool=pool, uploader=uploader, timestamp=timestamp, sha256=staged.sha256)
+        if existing is not None:
+            transaction.on_commit(lambda: staging_drop(key=staged.key))
+            return existing
+        group = group_for_upload(pool=pool, timestamp=timestamp)
+        upload = Upload(pool=pool, uploader=uploader, batch_id=batch_id, filename=_clean_filename(filename),
+                        size=staged.size, sha256=staged.sha256, content_type=staged.content_type,
+                        timestamp=timestamp, group=group, staging_key=staged.key,
+                        status=UploadStatus.CACHED, attempts=0)
+        try:
+            with transaction.atomic():
+                _append(upload, "upload.cached", group=str(group.id), size=upload.size, sha256=upload.sha256)
+                upload.save(force_insert=True)
+        except IntegrityError:  # a concurrent request accepted the same file first
+            existing = _upload_existing(pool=pool, uploader=uploader, timestamp=timestamp, sha256=staged.sha256)
+            if existing is None:
+                raise
+            transaction.on_commit(lambda: staging_drop(key=staged.key))
+            return existing
+        _enqueue_store(upload.id)
+    return upload
+
+
+def _upload_existing(*, pool: Pool, uploader: User, timestamp: datetime, sha256: str) -> Upload | None:
+    return Upload.objects.filter(pool=pool, uploader=uploader, timestamp=timestamp, sha256=sha256).first()
+
+
+def _clean_filename(filename: str) -> str:
+    """The last path component, without control characters, at most 255 characters."""
+    name = filename.replace("\\", "/").rsplit("/", 1)[-1]
+    name = "".join(ch for ch in name if ch.isprintable()).strip()
+    return (name or "upload.bin")[:255]
+
+
+@dataclass(frozen=True)
+class BatchItem:
+    staged: StagedFile
+    timestamp: datetime
+    filename: str
+    field: str
+
+
+def upload_batch_accept(*, pool: Pool, uploader: User, items: Sequence[BatchItem],
+                        batch_id: UUID | None = None) -> tuple[UUID, list[Upload]]:
+    """Accept every item or none: one transaction; a refused item rolls back the whole batch and
+    the error names each refused item in `details.items` (status and code of the first one)."""
+    batch_id = batch_id or uuid.uuid4()
+    uploads: list[Upload] = []
+    refused: list[tuple[int, BatchItem, ApiError]] = []
+    with transaction.atomic():
+        for index, item in enumerate(items):
+            try:
+                with transaction.atomic():
+                    uploads.append(upload_accept(pool=pool, uploader=uploader, staged=item.staged,
+                                                 timestamp=item.timestamp, filename=item.filename,
+                                                 batch_id=batch_id))
+            except ApiError as exc:
+                refused.append((index, item, exc))
+        if refused:
+            raise batch_refused(refused=[(index, item.field, exc) for index, item, exc in refused])
+    return batch_id, uploads
+
+
+def batch_refused(*, refused: Sequence[tuple[int, str, ApiError]]) -> ApiError:
+    """One error for a refused batch: the first item's status and code, every item in details."""
+    _, _, first = refused[0]
+    items = [{"index": index, "file": field, "code": exc.code, "message": exc.message, "details": exc.details}
+             for index, field, exc in refused]
+    return ApiError(f"the batch was refused: {len(items)} bad item(s); nothing was accepted", code=first.code,
+                    status_code=first.status_code, details={"items": items}, retry_after=first.retry_after)
+
+
+def upload_regroup(*, upload: Upload, group: Group, reason: str = "") -> Upload:
+    """Move an upload to another group (a late upload sent to the next open window)."""
+    with transaction.atomic():
+        upload = Upload.objects.select_for_update().get(id=upload.id)
+        previous = upload.group_id
+        upload.group = group
+        _append(upload, "upload.regrouped", group=str(group.id), from_group=str(previous) if previous else None,
+                reason=reason)
+        upload.save(update_fields=["group", "version", "updated_at"])
+    return upload
+
+
+# --- storage ----------------------------------------------------------------------------------
+
+class StoreOutcome(Enum):
+    STORED = "stored"
+    NOTHING_TO_DO = "nothing_to_do"  # already stored or failed: a replayed or duplicate task
+    RETRY = "retry"
+    BUSY = "busy"  # another worker is storing this upload right now
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class StoreResult:
+    outcome: StoreOutcome
+    retry_in: float = 0.0
+
+
+class StoreError(Exception):
+    """The store failed in a way a later try can fix."""
+
+
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    pymongo.errors.PyMongoError, redis.RedisError, StagingMissing, StoreError, OSError,
+)
+
+
+def _max_attempts() -> int:
+    return int(settings.POOLHUB_STORE_MAX_ATTEMPTS)
+
+
+def store_backoff(*, attempt: int) -> float:
+    """Exponential backoff with full jitter around it: base * 2^(attempt-1), times 0.5 to 1.5."""
+    base = float(getattr(settings, "POOLHUB_STORE_RETRY_BASE_SECONDS", 10))
+    ceiling = float(getattr(settings, "POOLHUB_STORE_RETRY_MAX_SECONDS", 600))
+    return min(ceiling, base * 2 ** max(0, attempt - 1)) * random.uniform(0.5, 1.5)
+
+
+def _lock_seconds() -> int:
+    return int(getattr(settings, "POOLHUB_STORE_LOCK_SECONDS", 60))
+
+
+def upload_store(*, upload_id: UUID | str) -> StoreResult:
+    """One store attempt for the `uploads.store` task. Idempotent: a replay finds nothing to do.
+
+    A per-upload Redis lock (renewed while bytes move, so a killed worker's lock lapses soon)
+    keeps two workers from writing the same file at once.
+    """
+    lock = redis_client().lock(f"poolhub:uploads:storing:{upload_id}", timeout=_lock_seconds(), blocking=False)
+    if not lock.acquire():
+        return StoreResult(StoreOutcome.BUSY, retry_in=float(_lock_seconds()))
+    try:
+        return _store_locked(upload_id=upload_id, renew=lambda: lock.extend(_lock_seconds(), replace_ttl=True))
+    finally:
+        try:
+            lock.release()
+        except redis.exceptions.LockError:
+            logger.warning("store lock for upload %s lapsed before release", upload_id)
+
+
+def _store_locked(*, upload_id: UUID | str, renew: Any) -> StoreResult:
+    begun = _attempt_begin(upload_id=upload_id)
+    if begun is None:
+        return StoreResult(StoreOutcome.NOTHING_TO_DO)
+    upload, exhausted = begun
+    if exhausted:
+        if upload_file_sha256(upload_id=upload.id) == upload.sha256:
+            _stored(upload_id=upload.id)
+            return StoreResult(StoreOutcome.STORED)
+        return _attempt_failed(upload_id=upload.id, error="the last attempt never finished (worker lost)",
+                               final=True, count=False)
+    try:
+        _store_bytes(upload=upload, renew=renew)
+    except TRANSIENT_ERRORS as exc:
+        return _attempt_failed(upload_id=upload.id, error=_describe(exc), final=upload.attempts >= _max_attempts())
+    _stored(upload_id=upload.id)
+    return StoreResult(StoreOutcome.STORED)
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:500]
+
+
+def _attempt_begin(*, upload_id: UUID | str) -> tuple[Upload, bool] | None:
+    """Count the attempt before any byte moves (committed on its own). None: nothing left to do.
+
+    When the attempts are already used up (the last one's worker died), the upload gets one
+    last look: if GridFS holds it whole, it is stored; otherwise it fails.
+    """
+    with transaction.atomic():
+        upload = Upload.objects.select_for_update().filter(id=upload_id).first()
+        if upload is None or upload.status != UploadStatus.CACHED:
+            return None
+        if upload.attempts >= _max_attempts():
+            return upload, True
+        upload.attempts += 1
+        _append(upload, "upload.storing")
+        upload.save(update_fields=["attempts", "version", "updated_at"])
+    return upload, False
+
+
+def _store_bytes(*, upload: Upload, renew: Any) -> None:
+    if upload_file_sha256(upload_id=upload.id) == upload.sha256:
+        return  # an earlier try wrote it whole and died before recording it
+    upload_file_remove(upload_id=upload.id)  # orphan chunks of an interrupted try
+    if not staging_exists(key=upload.staging_key):
+        raise StagingMissing(upload.staging_key)
+
+    def chunks() -> Any:
+        for chunk in staging_read(key=upload.staging_key):
+            renew()
+            yield chunk
+
+    upload_file_write(upload_id=upload.id, filename=upload.filename, chunks=chunks(),
+                      metadata={"pool": str(upload.pool_id), "uploader": str(upload.uploader_id),
+                                "sha256": upload.sha256, "content_type": upload.content_type})
+    renew()
+    if upload_file_sha256(upload_id=upload.id) != upload.sha256:
+        upload_file_remove(upload_id=upload.id)
+        raise StoreError("the stored file's sha256 differs from the upload's")
+
+
+def _stored(*, upload_id: UUID) -> None:
+    with transaction.atomic():
+        upload = Upload.objects.select_for_update().get(id=upload_id)
+        if upload.status != UploadStatus.CACHED:
+            return
+        upload.status = UploadStatus.STORED
+        _append(upload, "upload.stored")
+        upload.save(update_fields=["status", "version", "updated_at"])
+        key = upload.staging_key
+        transaction.on_commit(lambda: staging_drop(key=key))
+
+
+def _attempt_failed(*, upload_id: UUID, error: str, final: bool, count: bool = True) -> StoreResult:
+    with transaction.atomic():
+        upload = Upload.objects.select_for_update().get(id=upload_id)
+        if upload.status != UploadStatus.CACHED:
+            return StoreResult(StoreOutcome.NOTHING_TO_DO)
+        if count:
+            _append(upload, "upload.store_failed", error=error)
+        if not final:
+            upload.save(update_fields=["version", "updated_at"])
+            return StoreResult(StoreOutcome.RETRY, retry_in=store_backoff(attempt=upload.attempts))
+        upload.status = UploadStatus.FAILED
+        _append(upload, "upload.failed", error=error)
+        upload.save(update_fields=["status", "version", "updated_at"])
+        key = upload.staging_key
+        transaction.on_commit(lambda: staging_keep(key=key))
+    logger.error("upload %s failed after %s attempts, staged bytes kept for re-drive: %s",
+                 upload_id, upload.attempts, error)
+    return StoreResult(StoreOutcome.FAILED)
+
+
+# --- re-drive ---------------------------------------------------------------------------------
+
+def upload_redrive(*, upload_id: UUID | str, by: User | None = None) -> Upload:
+    """Send a failed upload back to `cached` with fresh attempts (its staged bytes must still be there)."""
+    with transaction.atomic():
+        upload = Upload.objects.select_for_update().filter(id=upload_id).first()
+        if upload is None:
+            raise Conflict("no such upload", code="not_found", status_code=404)
+        if upload.status != UploadStatus.FAILED:
+            raise Conflict(f"only failed uploads can be re-driven; this one is {upload.status}")
+        if not staging_exists(key=upload.staging_key):
+            raise Conflict("the staged bytes of this upload are gone; it cannot be re-driven")
+        previous = upload.attempts
+        upload.status = UploadStatus.CACHED
+        upload.attempts = 0
+        _append(upload, "upload.redriven", previous_attempts=previous, by=str(by.id) if by else None)
+        upload.save(update_fields=["status", "attempts", "version", "updated_at"])
+        key = upload.staging_key
+        transaction.on_commit(lambda: staging_touch(key=key))
+        _enqueue_store(upload.id)
+    return upload
+
+
+def uploads_stuck_redrive(*, older_than: timedelta | None = None) -> int:
+    """Send the store task again for uploads `cached` longer than `older_than` (a lost publish or
+    a dead worker). Safe beside a running store: the task is idempotent and locked per upload."""
+    if older_than is None:
+        older_than = timedelta(seconds=int(getattr(settings, "POOLHUB_STUCK_CACHED_SECONDS", 900)))
+    cutoff = timezone.now() - older_than
+    ids = list(Upload.objects.filter(status=UploadStatus.CACHED, updated_at__lt=cutoff)
+               .values_list("id", flat=True)[:1000])
+    with transaction.atomic():
+        for upload_id in ids:
+            _enqueue_store(upload_id)
+    if ids:
+        logger.warning("re-sent the store task for %d upload(s) left cached since before %s", len(ids), cutoff)
+    return len(ids)

@@ -1,0 +1,83 @@
+"""Uploads in the permanent file store: one GridFS bucket, each file under its upload's id.
+
+Other apps (the rounds' archives) read uploads through `upload_file_open`; nothing else should
+need the bucket name, but it is `UPLOADS_BUCKET` ("uploads") and the GridFS file `_id` is
+`str(upload.id)`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Iterator
+from typing import Any
+from uuid import UUID
+
+import gridfs
+from gridfs import GridOut
+
+from poolhub.filestore import bucket, mongo_db
+
+UPLOADS_BUCKET = "uploads"
+GRIDFS_CHUNK_BYTES = 255 * 1024
+READ_BYTES = 1024 * 1024
+
+
+def upload_file_id(upload_id: UUID | str) -> str:
+    return str(upload_id)
+
+
+def uploads_bucket() -> gridfs.GridFSBucket:
+    return bucket(UPLOADS_BUCKET)
+
+
+def upload_file_open(*, upload_id: UUID | str) -> GridOut:
+    """A download stream of a stored upload (read it in chunks). Raises gridfs.NoFile if absent."""
+    return uploads_bucket().open_download_stream(upload_file_id(upload_id))
+
+
+def upload_file_iter(*, upload_id: UUID | str, chunk_bytes: int = READ_BYTES) -> Iterator[bytes]:
+    stream = upload_file_open(upload_id=upload_id)
+    try:
+        while chunk := stream.read(chunk_bytes):
+            yield chunk
+    finally:
+        stream.close()
+
+
+def upload_file_info(*, upload_id: UUID | str) -> dict[str, Any] | None:
+    """The GridFS files document of an upload, or None while it is not (completely) stored."""
+    return mongo_db()[f"{UPLOADS_BUCKET}.files"].find_one({"_id": upload_file_id(upload_id)})
+
+
+def upload_file_sha256(*, upload_id: UUID | str) -> str | None:
+    """sha256 of what GridFS holds for this upload, read back in chunks; None if there is no file."""
+    try:
+        digest = hashlib.sha256()
+        for chunk in upload_file_iter(upload_id=upload_id):
+            digest.update(chunk)
+        return digest.hexdigest()
+    except gridfs.NoFile:
+        return None
+
+
+def upload_file_remove(*, upload_id: UUID | str) -> None:
+    """Remove an upload's files document and every chunk, including orphans of an interrupted write."""
+    db = mongo_db()
+    file_id = upload_file_id(upload_id)
+    db[f"{UPLOADS_BUCKET}.files"].delete_one({"_id": file_id})
+    db[f"{UPLOADS_BUCKET}.chunks"].delete_many({"files_id": file_id})
+
+
+def upload_file_write(*, upload_id: UUID | str, filename: str, chunks: Iterable[bytes],
+                      metadata: dict[str, Any]) -> None:
+    """Write an upload's bytes under its id. The files document is written last, so a crash leaves
+    only chunks, which `upload_file_remove` clears before the next try."""
+    grid_in = uploads_bucket().open_upload_stream_with_id(
+        upload_file_id(upload_id), filename, chunk_size_bytes=GRIDFS_CHUNK_BYTES, metadata=metadata)
+    try:
+        for chunk in chunks:
+            grid_in.write(chunk)
+    except BaseException:
+        grid_in.abort()
+        raise
+    grid_in.close()

@@ -1,0 +1,31 @@
+"""Celery adapters: take ids, call one service, let the service decide whether anything is left to do."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import shared_task
+from django.conf import settings
+
+from uploads.services import StoreOutcome, upload_store, uploads_stuck_redrive
+
+
+@shared_task(name="uploads.store", bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=None,
+             soft_time_limit=getattr(settings, "POOLHUB_STORE_SOFT_TIME_LIMIT", 300),
+             time_limit=getattr(settings, "POOLHUB_STORE_TIME_LIMIT", 360))
+def store_upload(self: Any, upload_id: str) -> str:
+    """Store one upload in GridFS. Attempts are counted in the database by the service (so a killed
+    worker's try counts too); Celery's own retry counter is only the delivery mechanism."""
+    result = upload_store(upload_id=upload_id)
+    if result.outcome is StoreOutcome.BUSY and self.request.is_eager:
+        return result.outcome.value  # inline (tests, tools): the worker holding the lock finishes it
+    if result.outcome in (StoreOutcome.RETRY, StoreOutcome.BUSY):
+        raise self.retry(countdown=result.retry_in)
+    return result.outcome.value
+
+
+@shared_task(name="uploads.redrive_stuck", acks_late=True, reject_on_worker_lost=True, soft_time_limit=120,
+             time_limit=180)
+def redrive_stuck_uploads() -> int:
+    """Beat: uploads left `cached` too long (a lost publish, a dead worker) get their store task again."""
+    return uploads_stuck_redrive()
