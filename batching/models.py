@@ -25,6 +25,8 @@ class Group(models.Model):
     status = models.CharField(max_length=10, choices=GroupStatus.choices, default=GroupStatus.OPEN, db_index=True)
     version = models.PositiveIntegerField(default=0)
     closed_at = models.DateTimeField(null=True, blank=True)
+    # Set when an admin reopens a group: beat leaves it open until then, even if its window is due.
+    hold_until = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -36,6 +38,12 @@ class Group(models.Model):
         return f"{self.pool_id} [{self.window_start:%Y-%m-%d %H:%M:%S}, {self.window_end:%Y-%m-%d %H:%M:%S})"
 
 
+class LeaseEnd(models.TextChoices):
+    COMPLETED = "completed"  # a result was posted under it
+    EXPIRED = "expired"  # its time ran out (beat, or a later claim noticed)
+    REVOKED = "revoked"  # an admin reopened or re-exported the group
+
+
 class Lease(models.Model):
     """An exporter's claim on a closed group; a result is accepted only under a live lease."""
 
@@ -44,10 +52,12 @@ class Lease(models.Model):
     exporter = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="leases")
     expires_at = models.DateTimeField()
     released_at = models.DateTimeField(null=True, blank=True)
+    end_reason = models.CharField(max_length=10, choices=LeaseEnd.choices, blank=True, default="")
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
         ordering = ["-created_at"]
+        indexes = [models.Index(fields=["released_at", "expires_at"])]
 
     def __str__(self) -> str:
         return f"lease {self.id} on {self.group_id}"
@@ -56,7 +66,8 @@ class Lease(models.Model):
 class Result(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     pool = models.ForeignKey("accounts.Pool", on_delete=models.PROTECT, related_name="results")
-    group = models.OneToOneField(Group, on_delete=models.PROTECT, related_name="result")
+    # A foreign key, not one-to-one: an admin may re-export a group, and each export's result is kept.
+    group = models.ForeignKey(Group, on_delete=models.PROTECT, related_name="results")
     lease = models.ForeignKey(Lease, on_delete=models.PROTECT, related_name="results")
     filename = models.CharField(max_length=255, default="result.bin")
     size = models.PositiveBigIntegerField()
@@ -68,6 +79,8 @@ class Result(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
+        constraints = [models.UniqueConstraint(fields=["lease"], name="one_result_per_lease")]
+        indexes = [models.Index(fields=["pool", "-created_at"])]
 
     def __str__(self) -> str:
         return f"result {self.id} of {self.group_id}"
@@ -84,10 +97,13 @@ class WebhookDelivery(models.Model):
     group = models.ForeignKey(Group, on_delete=models.CASCADE, related_name="webhook_deliveries")
     event_seq = models.BigIntegerField()
     url = models.URLField()
+    # The JSON body as signed and sent (without `sent_at`, which each attempt sets).
+    payload = models.JSONField(default=dict)
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
     attempts = models.PositiveSmallIntegerField(default=0)
     response_status = models.PositiveSmallIntegerField(null=True, blank=True)
     last_error = models.TextField(blank=True, default="")
+    delivered_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -1,23 +1,64 @@
-"""Groups: the timestamp windows that uploads join."""
+"""Rounds: the groups uploads join, closing them, export leases and results.
+
+Every state change of a group is an event on the group's stream, appended in the transaction
+that saves the group's projection row (`status`). Writers lock the group row first
+(`select_for_update`; on SQLite the IMMEDIATE transactions serialize writers), so two writers
+never append at the same version.
+"""
 
 from __future__ import annotations
 
-from datetime import datetime
+import hashlib
+import logging
+from datetime import datetime, timedelta
+from typing import IO, Any
+from uuid import UUID, uuid4
 
 from django.db import IntegrityError, transaction
+from django.utils import timezone
 
-from accounts.models import Pool
-from batching.models import Group
+from accounts.models import LatePolicy, Pool, User
+from batching import filestore, webhooks
+from batching.filestore import StoredBytes
+from batching.models import Group, GroupStatus, Lease, LeaseEnd, Result
+from batching.selectors import group_lineage, group_upload_counts
 from batching.windows import window_bounds
+from poolhub.errors import BadRequest, Conflict, Forbidden
+from uploads.events import event_append
+
+logger = logging.getLogger(__name__)
+
+# Past this many windows ahead, something is wrong (every window closed by trigger?): refuse.
+_MAX_WINDOWS_AHEAD = 1000
+_HASH_CHUNK = 1024 * 1024
 
 
-def group_for_upload(*, pool: Pool, timestamp: datetime) -> Group:
-    """The group an upload with this timestamp joins: its window's group, created on first use.
+def _now() -> datetime:
+    return timezone.now()
 
-    (The rounds work adds the pool's late policy here: a closed window may send the upload to the
-    next open group, or refuse it with 409.)
-    """
-    start, end = window_bounds(origin=pool.origin, window_seconds=pool.window_seconds, at=timestamp)
+
+def _locked(group_id: UUID | str) -> Group:
+    return Group.objects.select_for_update().select_related("pool").get(id=group_id)
+
+
+def _append(group: Group, type: str, data: dict[str, Any]) -> Any:
+    """Append to the group's stream and save its projection, in the caller's transaction."""
+    event = event_append(stream=group, stream_type="group", type=type, data=data, pool_id=group.pool_id)
+    group.save()
+    return event
+
+
+# --- windows and late uploads -------------------------------------------------------------------
+
+def group_is_due(*, group: Group, pool: Pool, now: datetime) -> bool:
+    """Beat closes an open group once its window's end plus the pool's grace has passed
+    (and, after an admin reopened it, not before the hold ends)."""
+    if now < group.window_end + timedelta(seconds=pool.grace_seconds):
+        return False
+    return group.hold_until is None or now >= group.hold_until
+
+
+def _window_group(*, pool: Pool, start: datetime, end: datetime) -> Group:
     group = Group.objects.filter(pool=pool, window_start=start).first()
     if group is not None:
         return group
@@ -26,3 +67,319 @@ def group_for_upload(*, pool: Pool, timestamp: datetime) -> Group:
             return Group.objects.create(pool=pool, window_start=start, window_end=end)
     except IntegrityError:  # another request created it first
         return Group.objects.get(pool=pool, window_start=start)
+
+
+def _accepts_on_time(*, group: Group | None, pool: Pool, end: datetime, now: datetime) -> bool:
+    """Whether an upload for this window is on time: its group is open and not yet due."""
+    if group is None:
+        return now < end + timedelta(seconds=pool.grace_seconds)
+    return group.status == GroupStatus.OPEN and not group_is_due(group=group, pool=pool, now=now)
+
+
+def _next_open_group(*, pool: Pool, at: datetime, now: datetime) -> Group:
+    """The first group from the window containing `at` on that still takes uploads."""
+    for _ in range(_MAX_WINDOWS_AHEAD):
+        start, end = window_bounds(origin=pool.origin, window_seconds=pool.window_seconds, at=at)
+        group = _window_group(pool=pool, start=start, end=end)
+        if _accepts_on_time(group=group, pool=pool, end=end, now=now):
+            return group
+        at = end
+    raise Conflict("no open window to place this upload in", code="late_upload")
+
+
+def group_for_upload(*, pool: Pool, timestamp: datetime) -> Group:
+    """The group an upload with this timestamp joins; call it inside the upload's transaction.
+
+    On time: the group of its own window, created on first use. Late (its window is closed or
+    past its end plus grace), by the pool's `late_policy`: `reject` raises 409 `late_upload`;
+    `accept` joins its own window's group if that is not yet exported, otherwise the next open
+    one; `next` joins the currently open group. A late upload appends `group.late_upload` to the
+    group it joins, so every move is in the log.
+    """
+    now = _now()
+    start, end = window_bounds(origin=pool.origin, window_seconds=pool.window_seconds, at=timestamp)
+    own = Group.objects.filter(pool=pool, window_start=start).first()
+    if _accepts_on_time(group=own, pool=pool, end=end, now=now):
+        target = own or _window_group(pool=pool, start=start, end=end)
+        _close_rules_on_commit(pool=pool, group=target)
+        return target
+    if pool.late_policy == LatePolicy.REJECT:
+        raise Conflict(
+            "this upload's window is already closed and the pool refuses late uploads", code="late_upload",
+            details={"timestamp": timestamp.isoformat(), "window_start": start.isoformat(),
+                     "window_end": end.isoformat(), "status": own.status if own else "due"},
+        )
+    if pool.late_policy == LatePolicy.ACCEPT and (own is None or own.status in (GroupStatus.OPEN, GroupStatus.CLOSED)):
+        target = own or _window_group(pool=pool, start=start, end=end)
+    else:
+        target = _next_open_group(pool=pool, at=max(now, end), now=now)
+    with transaction.atomic():
+        locked = _locked(target.id)
+        _append(locked, "group.late_upload", {
+            "group": str(locked.id), "timestamp": timestamp.isoformat(), "window_start": start.isoformat(),
+            "policy": pool.late_policy, "moved": locked.window_start != start,
+        })
+    _close_rules_on_commit(pool=pool, group=locked)
+    return locked
+
+
+def _close_rules_on_commit(*, pool: Pool, group: Group) -> None:
+    """Once the upload's transaction commits (so it counts), check the pool's close rules."""
+    if pool.close_min_uploads is None and pool.close_min_contributors is None:
+        return
+    from batching.tasks import check_close_rules  # late: tasks import this module
+
+    group_id = str(group.id)
+    transaction.on_commit(lambda: check_close_rules.delay(group_id))
+
+
+# --- closing -----------------------------------------------------------------------------------
+
+def group_close(*, group_id: UUID | str, reason: str) -> Group:
+    """Close an open group now: `group.closed` to the pool, and the pool's webhook, if any.
+    Closing a group that is no longer open changes nothing."""
+    with transaction.atomic():
+        group = _locked(group_id)
+        if group.status != GroupStatus.OPEN:
+            return group
+        group.status = GroupStatus.CLOSED
+        group.closed_at = _now()
+        group.hold_until = None
+        event = _append(group, "group.closed", {"group": str(group.id)})
+        webhooks.webhook_schedule(group=group, event_seq=event.seq, reason=reason)
+    logger.info("group %s closed (%s)", group.id, reason)
+    return group
+
+
+def group_close_rules_met(*, group: Group, pool: Pool) -> bool:
+    if pool.close_min_uploads is not None and group.uploads.count() >= pool.close_min_uploads:
+        return True
+    if pool.close_min_contributors is not None:
+        contributors = group.uploads.values("uploader_id").distinct().count()
+        if contributors >= pool.close_min_contributors:
+            return True
+    return False
+
+
+def group_check_close_rules(*, group_id: UUID | str) -> Group | None:
+    group = Group.objects.select_related("pool").filter(id=group_id).first()
+    if group is None or group.status != GroupStatus.OPEN:
+        return group
+    if group_close_rules_met(group=group, pool=group.pool):
+        return group_close(group_id=group.id, reason="rule")
+    return group
+
+
+def groups_close_due(*, now: datetime | None = None) -> list[UUID]:
+    """Beat: close every open group whose window ended more than the pool's grace ago, and any
+    whose close rule is met (a backstop for the check sent when an upload joins)."""
+    now = now or _now()
+    closed: list[UUID] = []
+    candidates = Group.objects.filter(status=GroupStatus.OPEN, window_end__lte=now).select_related("pool")
+    for group in candidates.iterator():
+        if group_is_due(group=group, pool=group.pool, now=now):
+            group_close(group_id=group.id, reason="time")
+            closed.append(group.id)
+    ruled = Group.objects.filter(status=GroupStatus.OPEN).exclude(
+        pool__close_min_uploads__isnull=True, pool__close_min_contributors__isnull=True
+    ).select_related("pool")
+    for group in ruled.iterator():
+        if group.id not in closed and group_close_rules_met(group=group, pool=group.pool):
+            group_close(group_id=group.id, reason="rule")
+            closed.append(group.id)
+    return closed
+
+
+# --- leases -------------------------------------------------------------------------------------
+
+def _lease_live(lease: Lease, now: datetime) -> bool:
+    return lease.released_at is None and lease.expires_at > now
+
+
+def _lease_end(*, group: Group, lease: Lease, reason: LeaseEnd, now: datetime) -> None:
+    """End a lease; an exporting group it held goes back to `closed`, with an event."""
+    lease.released_at = now
+    lease.end_reason = reason
+    lease.save(update_fields=["released_at", "end_reason"])
+    if reason == LeaseEnd.COMPLETED or group.status != GroupStatus.EXPORTING:
+        return
+    group.status = GroupStatus.CLOSED
+    type = "group.lease_expired" if reason == LeaseEnd.EXPIRED else "group.lease_revoked"
+    _append(group, type, {"group": str(group.id), "lease_id": str(lease.id)})
+
+
+def _open_leases(group: Group) -> list[Lease]:
+    return list(Lease.objects.select_for_update().filter(group=group, released_at__isnull=True))
+
+
+def group_claim(*, group_id: UUID | str, exporter: User) -> Lease:
+    """Give the exporter a lease on a closed group whose uploads have all settled.
+
+    409 `not_ready` (with counts) while it is open or an upload is still `cached`; 409
+    `already_claimed` while another lease is live. An expired lease found here ends first.
+    """
+    with transaction.atomic():
+        group = _locked(group_id)
+        now = _now()
+        for lease in _open_leases(group):
+            if _lease_live(lease, now):
+                raise Conflict("another exporter holds this group", code="already_claimed",
+                               details={"expires_at": lease.expires_at.isoformat()})
+            _lease_end(group=group, lease=lease, reason=LeaseEnd.EXPIRED, now=now)
+        if group.status == GroupStatus.COMPLETED:
+            raise Conflict("this group already has its result")
+        counts = group_upload_counts(group=group)
+        if group.status != GroupStatus.CLOSED or counts["cached"]:
+            raise Conflict("the group is not ready for export", code="not_ready",
+                           details={"status": group.status, **counts})
+        lease = Lease.objects.create(group=group, exporter=exporter,
+                                     expires_at=now + timedelta(seconds=group.pool.lease_seconds))
+        group.status = GroupStatus.EXPORTING
+        _append(group, "group.claimed", {"group": str(group.id), "lease_id": str(lease.id),
+                                         "expires_at": lease.expires_at.isoformat()})
+    return lease
+
+
+def leases_expire(*, now: datetime | None = None) -> list[UUID]:
+    """Beat: end every lease past its time; their groups go back to `closed`."""
+    now = now or _now()
+    ended: list[UUID] = []
+    due = Lease.objects.filter(released_at__isnull=True, expires_at__lte=now).values_list("id", "group_id")
+    for lease_id, group_id in list(due):
+        with transaction.atomic():
+            group = _locked(group_id)
+            lease = Lease.objects.select_for_update().get(id=lease_id)
+            if lease.released_at is None and lease.expires_at <= now:
+                _lease_end(group=group, lease=lease, reason=LeaseEnd.EXPIRED, now=now)
+                ended.append(lease.id)
+    return ended
+
+
+def lease_check(*, group: Group, lease_id: UUID, user: User, is_admin: bool, now: datetime | None = None) -> Lease:
+    """The lease, if `user` may act under it on `group` now; else the contract's error."""
+    now = now or _now()
+    lease = Lease.objects.filter(id=lease_id).first()
+    if lease is None or lease.group_id != group.id:
+        raise Conflict("no such lease on this group", details={"lease_id": str(lease_id)})
+    if lease.exporter_id != user.id and not is_admin:
+        raise Forbidden("this lease belongs to another exporter")
+    if lease.end_reason == LeaseEnd.COMPLETED:
+        return lease
+    if not _lease_live(lease, now):
+        raise Conflict("the lease has expired; claim the group again", code="lease_expired",
+                       details={"expires_at": lease.expires_at.isoformat(), "ended": lease.end_reason or "expired"})
+    return lease
+
+
+# --- results ------------------------------------------------------------------------------------
+
+def _hash_only(source: IO[bytes]) -> StoredBytes:
+    digest, size = hashlib.sha256(), 0
+    while chunk := source.read(_HASH_CHUNK):
+        digest.update(chunk)
+        size += len(chunk)
+    return StoredBytes(file_id="", size=size, sha256=digest.hexdigest())
+
+
+def _same_result(*, lease: Lease, source: IO[bytes]) -> Result:
+    """The result already posted under this lease, if `source` holds the same bytes."""
+    existing = Result.objects.get(lease=lease)
+    posted = _hash_only(source)
+    if posted.sha256 != existing.sha256:
+        raise Conflict("a different result was already posted under this lease",
+                       details={"result_id": str(existing.id), "sha256": existing.sha256})
+    return existing
+
+
+def result_post(*, group: Group, lease_id: UUID, user: User, is_admin: bool, source: IO[bytes],
+                filename: str, content_type: str, sha256: str | None = None) -> tuple[Result, bool]:
+    """Store the exporter's result and complete the group. Returns (result, created).
+
+    The bytes stream into GridFS before the transaction; posting the same bytes again under the
+    same lease returns the first result and stores nothing.
+    """
+    lease = lease_check(group=group, lease_id=lease_id, user=user, is_admin=is_admin)
+    if lease.end_reason == LeaseEnd.COMPLETED:
+        return _same_result(lease=lease, source=source), False
+    result_id = uuid4()
+    stored = filestore.result_write(result_id=result_id, source=source, filename=filename)
+    try:
+        if stored.size == 0:
+            raise BadRequest("the file has no bytes", code="empty_file", details={"field": "file"})
+        if sha256 is not None and sha256 != stored.sha256:
+            raise BadRequest("the file's sha256 does not match", code="checksum_mismatch",
+                             details={"expected": sha256, "actual": stored.sha256})
+        return _result_commit(group_id=group.id, lease_id=lease.id, result_id=result_id, stored=stored,
+                              user=user, is_admin=is_admin, filename=filename, content_type=content_type)
+    except BaseException:
+        filestore.result_delete(result_id=result_id)
+        raise
+
+
+def _result_commit(*, group_id: UUID, lease_id: UUID, result_id: UUID, stored: StoredBytes, user: User,
+                   is_admin: bool, filename: str, content_type: str) -> tuple[Result, bool]:
+    with transaction.atomic():
+        group = _locked(group_id)
+        lease = lease_check(group=group, lease_id=lease_id, user=user, is_admin=is_admin)
+        existing = Result.objects.filter(lease=lease).first()
+        if existing is not None:  # the same post raced itself: keep the first
+            if existing.sha256 != stored.sha256:
+                raise Conflict("a different result was already posted under this lease",
+                               details={"result_id": str(existing.id), "sha256": existing.sha256})
+            transaction.on_commit(lambda: filestore.result_delete(result_id=result_id))
+            return existing, False
+        result = Result.objects.create(
+            id=result_id, pool_id=group.pool_id, group=group, lease=lease, filename=filename[:255] or "result.bin",
+            size=stored.size, sha256=stored.sha256, content_type=content_type[:100] or "application/octet-stream",
+            upload_ids=[str(upload_id) for upload_id in group_lineage(group=group)],
+        )
+        _lease_end(group=group, lease=lease, reason=LeaseEnd.COMPLETED, now=_now())
+        group.status = GroupStatus.COMPLETED
+        _append(group, "result.available", {
+            "group": str(group.id), "result_id": str(result.id), "size": result.size, "sha256": result.sha256,
+            "url": result_url(result_id=result.id),
+        })
+    return result, True
+
+
+def result_url(*, result_id: UUID) -> str:
+    return f"/api/v1/results/{result_id}/content"
+
+
+# --- admin actions ------------------------------------------------------------------------------
+
+def _revoke_leases(group: Group, now: datetime) -> None:
+    for lease in _open_leases(group):
+        _lease_end(group=group, lease=lease, reason=LeaseEnd.REVOKED, now=now)
+
+
+def group_reopen(*, group_id: UUID | str) -> Group:
+    """Admin: a closed (or exporting) group takes uploads again, for the pool's grace period."""
+    with transaction.atomic():
+        group = _locked(group_id)
+        if group.status == GroupStatus.COMPLETED:
+            raise Conflict("a completed group cannot be reopened; re-export it instead")
+        if group.status == GroupStatus.OPEN:
+            return group
+        now = _now()
+        _revoke_leases(group, now)
+        group.status = GroupStatus.OPEN
+        group.closed_at = None
+        group.hold_until = now + timedelta(seconds=group.pool.grace_seconds)
+        _append(group, "group.reopened", {"group": str(group.id)})
+    return group
+
+
+def group_reexport(*, group_id: UUID | str) -> Group:
+    """Admin: make a closed, exporting or completed group available for a new export: live
+    leases are revoked, it is closed again (`group.closed`) and the webhook is called again."""
+    with transaction.atomic():
+        group = _locked(group_id)
+        if group.status == GroupStatus.OPEN:
+            raise Conflict("the group is still open; close it instead")
+        _revoke_leases(group, _now())
+        group.status = GroupStatus.CLOSED
+        group.closed_at = _now()
+        event = _append(group, "group.closed", {"group": str(group.id)})
+        webhooks.webhook_schedule(group=group, event_seq=event.seq, reason="reexport")
+    return group

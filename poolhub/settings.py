@@ -156,6 +156,17 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
 CELERY_TASK_DEFAULT_QUEUE = env_str("CELERY_QUEUE", "poolhub")
 CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {}
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
+# Rounds (batching): close due windows and end expired leases every few seconds.
+POOLHUB_ROUNDS_BEAT_SECONDS = env_int("POOLHUB_ROUNDS_BEAT_SECONDS", 10)
+CELERY_BEAT_SCHEDULE["batching.close_due_windows"] = {
+    "task": "batching.close_due_windows", "schedule": float(POOLHUB_ROUNDS_BEAT_SECONDS),
+}
+CELERY_BEAT_SCHEDULE["batching.expire_leases"] = {
+    "task": "batching.expire_leases", "schedule": float(POOLHUB_ROUNDS_BEAT_SECONDS),
+}
+POOLHUB_WEBHOOK_TIMEOUT_SECONDS = env_int("POOLHUB_WEBHOOK_TIMEOUT_SECONDS", 10)
+POOLHUB_WEBHOOK_MAX_ATTEMPTS = env_int("POOLHUB_WEBHOOK_MAX_ATTEMPTS", 8)
+POOLHUB_WEBHOOK_BACKOFF_SECONDS = env_int("POOLHUB_WEBHOOK_BACKOFF_SECONDS", 5)
 
 # --- API ------------------------------------------------------------------------------------
 REST_FRAMEWORK = {

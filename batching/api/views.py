@@ -1,0 +1,121 @@
+"""Rounds endpoints: validate, check access, call one service, serialize."""
+
+from __future__ import annotations
+
+from typing import Any, cast
+from uuid import UUID
+
+from django.http import StreamingHttpResponse
+from rest_framework import status
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from accounts.models import Role, User
+from accounts.selectors import pool_access, user_is_admin
+from batching import services
+from batching.api.serializers import (
+    ArchiveInput,
+    GroupListInput,
+    GroupOutput,
+    LeaseOutput,
+    ResultInput,
+    ResultOutput,
+)
+from batching.archive import archive_chunks, group_archive
+from batching.filestore import read_chunks, result_open
+from batching.models import LeaseEnd
+from batching.selectors import group_get_for, group_list, result_get_for, result_latest
+from batching.streaming import streamed_attachment
+from poolhub.errors import BadRequest, Conflict
+
+EXPORT_ROLES = [Role.EXPORTER]
+CLOSE_ROLES = [Role.MANAGER, Role.EXPORTER]
+
+
+def _valid(serializer_class: type[Any], data: Any) -> dict[str, Any]:
+    serializer = serializer_class(data=data)
+    serializer.is_valid(raise_exception=True)
+    return cast(dict[str, Any], serializer.validated_data)
+
+
+def _user(request: Request) -> User:
+    return cast(User, request.user)
+
+
+def _group_output(group_id: UUID, user: User) -> dict[str, Any]:
+    return cast(dict[str, Any], GroupOutput(group_get_for(user=user, group_id=group_id)).data)
+
+
+class GroupListApi(APIView):
+    def get(self, request: Request, pool_id: UUID) -> Response:
+        pool = pool_access(user=_user(request), pool_id=pool_id)
+        data = _valid(GroupListInput, request.query_params)
+        return Response(GroupOutput(group_list(pool=pool, status=data.get("status")), many=True).data)
+
+
+class GroupDetailApi(APIView):
+    def get(self, request: Request, group_id: UUID) -> Response:
+        return Response(GroupOutput(group_get_for(user=_user(request), group_id=group_id)).data)
+
+
+class GroupCloseApi(APIView):
+    def post(self, request: Request, group_id: UUID) -> Response:
+        group = group_get_for(user=_user(request), group_id=group_id, roles=CLOSE_ROLES)
+        services.group_close(group_id=group.id, reason="trigger")
+        return Response(_group_output(group.id, _user(request)))
+
+
+class GroupClaimApi(APIView):
+    def post(self, request: Request, group_id: UUID) -> Response:
+        group = group_get_for(user=_user(request), group_id=group_id, roles=EXPORT_ROLES)
+        lease = services.group_claim(group_id=group.id, exporter=_user(request))
+        return Response(LeaseOutput(lease).data)
+
+
+class GroupArchiveApi(APIView):
+    def get(self, request: Request, group_id: UUID) -> StreamingHttpResponse:
+        user = _user(request)
+        group = group_get_for(user=user, group_id=group_id, roles=EXPORT_ROLES)
+        data = _valid(ArchiveInput, request.query_params)
+        lease = services.lease_check(group=group, lease_id=data["lease"], user=user, is_admin=user_is_admin(user=user))
+        if lease.end_reason == LeaseEnd.COMPLETED:
+            raise Conflict("the result for this lease is in; claim the group again to export it again")
+        archive = group_archive(group=group, lease=lease)
+        return streamed_attachment(request=request, chunks=archive_chunks(archive), filename=archive.filename,
+                                   content_type="application/x-tar", length=archive.length)
+
+
+class GroupResultApi(APIView):
+    def post(self, request: Request, group_id: UUID) -> Response:
+        user = _user(request)
+        group = group_get_for(user=user, group_id=group_id, roles=EXPORT_ROLES)
+        data = _valid(ResultInput, request.data)
+        upload = data["file"]
+        if upload.size == 0:
+            raise BadRequest("the file has no bytes", code="empty_file", details={"field": "file"})
+        result, created = services.result_post(
+            group=group, lease_id=data["lease_id"], user=user, is_admin=user_is_admin(user=user), source=upload,
+            filename=upload.name or "result.bin", content_type=upload.content_type or "application/octet-stream",
+            sha256=data["sha256"].lower() if data.get("sha256") else None,
+        )
+        return Response(ResultOutput(result).data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
+
+
+class ResultLatestApi(APIView):
+    def get(self, request: Request, pool_id: UUID) -> Response:
+        pool = pool_access(user=_user(request), pool_id=pool_id)
+        return Response(ResultOutput(result_latest(pool=pool)).data)
+
+
+class ResultDetailApi(APIView):
+    def get(self, request: Request, result_id: UUID) -> Response:
+        return Response(ResultOutput(result_get_for(user=_user(request), result_id=result_id)).data)
+
+
+class ResultContentApi(APIView):
+    def get(self, request: Request, result_id: UUID) -> StreamingHttpResponse:
+        result = result_get_for(user=_user(request), result_id=result_id)
+        return streamed_attachment(request=request, chunks=read_chunks(result_open(result_id=result.id)),
+                                   filename=result.filename, content_type="application/octet-stream",
+                                   length=result.size)

@@ -1,0 +1,48 @@
+"""Celery adapters for rounds: they take ids, re-fetch, and call one service."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from celery import shared_task
+from django.conf import settings
+
+from batching import services, webhooks
+
+
+@shared_task(name="batching.close_due_windows", acks_late=True, reject_on_worker_lost=True,
+             soft_time_limit=120, time_limit=180)
+def close_due_windows() -> list[str]:
+    """Beat: close windows past their end plus grace (and groups whose close rule is met)."""
+    return [str(group_id) for group_id in services.groups_close_due()]
+
+
+@shared_task(name="batching.expire_leases", acks_late=True, reject_on_worker_lost=True,
+             soft_time_limit=120, time_limit=180)
+def expire_leases() -> list[str]:
+    """Beat: leases past their time end; their groups return to `closed`."""
+    return [str(lease_id) for lease_id in services.leases_expire()]
+
+
+@shared_task(name="batching.check_close_rules", acks_late=True, reject_on_worker_lost=True,
+             soft_time_limit=60, time_limit=90)
+def check_close_rules(group_id: str) -> None:
+    services.group_check_close_rules(group_id=group_id)
+
+
+def _backoff(retries: int) -> float:
+    """Exponential, capped, with jitter so a receiver coming back is not hit by every retry at once."""
+    base = settings.POOLHUB_WEBHOOK_BACKOFF_SECONDS * (2 ** retries)
+    return min(base, 3600) * random.uniform(0.5, 1.0)
+
+
+@shared_task(bind=True, name="batching.deliver_webhook", acks_late=True, reject_on_worker_lost=True,
+             soft_time_limit=60, time_limit=90)
+def deliver_webhook(self: Any, delivery_id: str) -> str:
+    max_retries = settings.POOLHUB_WEBHOOK_MAX_ATTEMPTS - 1
+    final = self.request.retries >= max_retries
+    try:
+        return webhooks.webhook_deliver(delivery_id=delivery_id, final_attempt=final)
+    except webhooks.WebhookTransientError as exc:
+        raise self.retry(exc=exc, countdown=_backoff(self.request.retries), max_retries=max_retries) from exc
