@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import csv
 import os
-from typing import Any
+from typing import Any, TextIO
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import transaction
 
 from accounts.models import Pool, Role
 from accounts.services import clients_provision
@@ -20,7 +21,8 @@ class Command(BaseCommand):
         parser.add_argument("--count", type=int, required=True)
         parser.add_argument("--role", choices=[r.value for r in Role], default=Role.CONTRIBUTOR.value)
         parser.add_argument("--prefix", default="client-")
-        parser.add_argument("--out", required=True, help="CSV file to write username,password to")
+        parser.add_argument("--out", required=True, help="CSV file to write username,password to (mode 0600)")
+        parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
 
     def handle(self, *args: Any, **options: Any) -> None:
         pool = Pool.objects.filter(name=options["pool"]).first()
@@ -33,13 +35,30 @@ class Command(BaseCommand):
             raise CommandError(f"no pool named {options['pool']!r}")
         if options["count"] < 1:
             raise CommandError("--count must be at least 1")
-        credentials = clients_provision(pool=pool, count=options["count"], prefix=options["prefix"],
-                                        role=options["role"])
-        fd = os.open(options["out"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", newline="") as handle:
+        handle = self._open_private(options["out"], overwrite=options["overwrite"])
+        # The file is open before any account exists, and the accounts are committed only once
+        # their passwords are on disk: no account is ever created whose password nobody has.
+        with handle, transaction.atomic():
+            credentials = clients_provision(pool=pool, count=options["count"], prefix=options["prefix"],
+                                            role=options["role"])
             writer = csv.writer(handle)
             writer.writerow(["username", "password", "pool", "role"])
             for username, password in credentials:
                 writer.writerow([username, password, str(pool.id), options["role"]])
+            handle.flush()
+            os.fsync(handle.fileno())
         self.stdout.write(f"provisioned {len(credentials)} {options['role']} account(s) in {pool.name}; "
                           f"credentials in {options['out']}")
+
+    @staticmethod
+    def _open_private(path: str, *, overwrite: bool) -> TextIO:
+        """Open `path` for writing, readable by its owner only, even if it existed before."""
+        flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if overwrite else os.O_EXCL)
+        try:
+            fd = os.open(path, flags, 0o600)
+        except FileExistsError as exc:
+            raise CommandError(f"{path} exists; choose another --out or pass --overwrite") from exc
+        except OSError as exc:
+            raise CommandError(f"cannot write {path}: {exc.strerror}") from exc
+        os.fchmod(fd, 0o600)  # O_CREAT's mode applies only to new files
+        return os.fdopen(fd, "w", newline="")

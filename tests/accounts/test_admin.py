@@ -1,0 +1,158 @@
+"""IAM at scale: the admin's bulk "add many members" page and the provision_clients command."""
+
+from __future__ import annotations
+
+import csv
+import stat
+from io import StringIO
+from pathlib import Path
+
+import pytest
+from django.core.management import CommandError, call_command
+from django.test import Client
+from rest_framework.test import APIClient
+
+from accounts.models import Membership, Pool, Role, User
+from tests.conftest import make_user
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def staff_client() -> Client:
+    admin = User.objects.create_superuser(username="boss", password="a-long-and-unusual-passphrase-41")
+    client = Client()
+    client.force_login(admin)
+    return client
+
+
+def test_admin_lists_users_pools_and_memberships(staff_client: Client, pool: Pool, manager: User) -> None:
+    for page in ["/admin/accounts/user/", "/admin/accounts/pool/", "/admin/accounts/membership/",
+                 f"/admin/accounts/pool/{pool.id}/change/"]:
+        response = staff_client.get(page)
+        assert response.status_code == 200, page
+    assert b"Add many members" in staff_client.get(f"/admin/accounts/pool/{pool.id}/change/").content
+
+
+def test_bulk_add_members(staff_client: Client, pool: Pool, listener: User) -> None:
+    for index in range(30):
+        make_user(f"client-{index:02d}")
+    names = "\n".join(f"client-{index:02d}" for index in range(30))
+
+    response = staff_client.post(f"/admin/accounts/pool/{pool.id}/add-members/",
+                                 {"usernames": f"{names}\nlistener, ghost-1 ghost-2", "role": "contributor"},
+                                 follow=True)
+
+    assert response.status_code == 200
+    text = response.content.decode()
+    assert "Added 30 member(s)" in text
+    assert "ghost-1" in text and "ghost-2" in text
+    roles = dict(Membership.objects.filter(pool=pool).values_list("user__username", "role"))
+    assert all(roles[f"client-{index:02d}"] == "contributor" for index in range(30))
+    assert roles["listener"] == "listener"  # an existing member keeps their role
+    assert not User.objects.filter(username__startswith="ghost").exists()
+
+
+def test_bulk_add_page_needs_staff(pool: Pool) -> None:
+    user = make_user("station-1")
+    client = Client()
+    client.force_login(user)
+
+    response = client.post(f"/admin/accounts/pool/{pool.id}/add-members/", {"usernames": "station-1",
+                                                                           "role": "manager"})
+
+    assert response.status_code == 302
+    assert "/admin/login/" in response["Location"]
+    assert not Membership.objects.filter(user=user).exists()
+
+
+def test_bulk_add_form_shows_errors(staff_client: Client, pool: Pool) -> None:
+    response = staff_client.post(f"/admin/accounts/pool/{pool.id}/add-members/", {"usernames": "", "role": "x"})
+
+    assert response.status_code == 200
+    assert b"This field is required" in response.content
+    assert not Membership.objects.exists()
+
+
+def read_credentials(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_provision_clients(pool: Pool, tmp_path: Path) -> None:
+    out = tmp_path / "clients.csv"
+    stdout = StringIO()
+
+    call_command("provision_clients", "--pool", pool.name, "--count", "5", "--role", "listener",
+                 "--out", str(out), stdout=stdout)
+
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    rows = read_credentials(out)
+    assert len(rows) == 5
+    assert len({row["username"] for row in rows}) == 5
+    for row in rows:
+        assert row["password"] not in stdout.getvalue()  # credentials go to the file, never to the log
+        response = APIClient().post("/api/v1/auth/login", {"username": row["username"], "password": row["password"]},
+                                    format="json")
+        assert response.status_code == 200
+        assert response.json()["user"]["role"] == "user"
+        assert Membership.objects.get(pool=pool, user__username=row["username"]).role == Role.LISTENER
+        assert row["pool"] == str(pool.id)
+
+
+def test_provision_clients_again_adds_new_accounts(pool: Pool, tmp_path: Path) -> None:
+    call_command("provision_clients", "--pool", str(pool.id), "--count", "3", "--out", str(tmp_path / "a.csv"),
+                 stdout=StringIO())
+    call_command("provision_clients", "--pool", str(pool.id), "--count", "2", "--out", str(tmp_path / "b.csv"),
+                 stdout=StringIO())
+
+    first, second = read_credentials(tmp_path / "a.csv"), read_credentials(tmp_path / "b.csv")
+    assert not {r["username"] for r in first} & {r["username"] for r in second}
+    assert Membership.objects.filter(pool=pool, role=Role.CONTRIBUTOR).count() == 5
+
+
+def test_provision_does_not_overwrite_an_existing_file(pool: Pool, tmp_path: Path) -> None:
+    out = tmp_path / "clients.csv"
+    out.write_text("earlier credentials")
+
+    with pytest.raises(CommandError, match="exists"):
+        call_command("provision_clients", "--pool", pool.name, "--count", "1", "--out", str(out), stdout=StringIO())
+
+    assert out.read_text() == "earlier credentials"
+    assert User.objects.count() == 0
+
+
+def test_provision_overwrite_makes_an_old_world_readable_file_private(pool: Pool, tmp_path: Path) -> None:
+    out = tmp_path / "clients.csv"
+    out.write_text("old")
+    out.chmod(0o644)
+
+    call_command("provision_clients", "--pool", pool.name, "--count", "1", "--out", str(out), "--overwrite",
+                 stdout=StringIO())
+
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    assert len(read_credentials(out)) == 1
+
+
+@pytest.mark.parametrize("pool_arg", ["no-such-pool", "00000000-0000-0000-0000-000000000000"])
+def test_provision_unknown_pool(pool: Pool, tmp_path: Path, pool_arg: str) -> None:
+    with pytest.raises(CommandError):
+        call_command("provision_clients", "--pool", pool_arg, "--count", "2", "--out", str(tmp_path / "c.csv"))
+
+    assert not (tmp_path / "c.csv").exists()
+    assert User.objects.count() == 0
+
+
+def test_provision_zero_is_refused(pool: Pool, tmp_path: Path) -> None:
+    with pytest.raises(CommandError):
+        call_command("provision_clients", "--pool", pool.name, "--count", "0", "--out", str(tmp_path / "c.csv"))
+
+    assert User.objects.count() == 0
+
+
+def test_provision_unwritable_file_creates_no_accounts(pool: Pool, tmp_path: Path) -> None:
+    with pytest.raises(CommandError):
+        call_command("provision_clients", "--pool", pool.name, "--count", "2",
+                     "--out", str(tmp_path / "missing-dir" / "c.csv"), stdout=StringIO())
+
+    assert User.objects.count() == 0
