@@ -142,12 +142,14 @@ class StagingWriter:
 
     Memory: at most one staging chunk (POOLHUB_STAGING_CHUNK_BYTES) plus HEAD_BYTES per writer.
     `max_bytes` None means no size check; `allowed_types` as in `Pool.allowed_types`;
-    `check_type` False leaves the type check to the caller (`StagedFile.content_type`).
+    `check_type` False leaves the type check to the caller (`StagedFile.content_type`);
+    `stage` False only hashes and checks (an idempotent repeat is compared, never kept).
     """
 
     def __init__(self, *, max_bytes: int | None, allowed_types: Sequence[str] = (), filename: str = "",
-                 check_type: bool = True, key: str | None = None) -> None:
+                 check_type: bool = True, key: str | None = None, stage: bool = True) -> None:
         self.key = key or secrets.token_hex(16)
+        self.stage = stage
         self.max_bytes = max_bytes
         self.allowed_types = list(allowed_types)
         self.filename = filename
@@ -184,7 +186,7 @@ class StagingWriter:
     def write(self, data: bytes) -> None:
         if not data:
             return
-        if not self._started:
+        if not self._started and self.stage:
             staging_policy_check()
             self._started = True
         if self.max_bytes is not None:
@@ -205,6 +207,8 @@ class StagingWriter:
             self._buffer.clear()
 
     def _push(self, chunk: bytes) -> None:
+        if not self.stage:
+            return
         try:
             _append(key=self.key, chunk=chunk)
         except redis.RedisError as exc:
@@ -225,17 +229,19 @@ class StagingWriter:
         self.flush()
         staged = StagedFile(key=self.key, size=self.size, sha256=self.sha256,
                             content_type=content_type_detect(bytes(self._head)), filename=self.filename)
-        redis_client().hset(_meta_key(self.key), mapping={
-            "size": staged.size, "sha256": staged.sha256, "content_type": staged.content_type,
-            "filename": staged.filename,
-        })
+        if self.stage:
+            redis_client().hset(_meta_key(self.key), mapping={
+                "size": staged.size, "sha256": staged.sha256, "content_type": staged.content_type,
+                "filename": staged.filename,
+            })
         self.finished = staged
         return staged
 
     def discard(self) -> None:
         """Drop whatever was staged (safe to call more than once, or after nothing was written)."""
         self._buffer.clear()
-        staging_drop(key=self.key)
+        if self.stage:
+            staging_drop(key=self.key)
 
 
 def staging_read(*, key: str) -> Iterator[bytes]:

@@ -36,7 +36,12 @@ def upload_file_open(*, upload_id: UUID | str) -> GridOut:
 
 
 def upload_file_iter(*, upload_id: UUID | str, chunk_bytes: int = READ_BYTES) -> Iterator[bytes]:
-    stream = upload_file_open(upload_id=upload_id)
+    """The stored bytes in chunks. Opens the file now (gridfs.NoFile, pymongo errors raise here),
+    reads lazily."""
+    return _read_chunks(upload_file_open(upload_id=upload_id), chunk_bytes)
+
+
+def _read_chunks(stream: GridOut, chunk_bytes: int) -> Iterator[bytes]:
     try:
         while chunk := stream.read(chunk_bytes):
             yield chunk

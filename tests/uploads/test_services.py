@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import os
-from datetime import UTC, datetime
 
 import pytest
 
+from tests.uploads.conftest import WHEN_DT as WHEN
 from uploads.models import Event, Upload
 from uploads.services import StoreOutcome, upload_accept, upload_store
 from uploads.staging import StagingWriter, staging_exists, staging_used_bytes
 from uploads.storage import upload_file_iter
-
-WHEN = datetime(2026, 11, 28, 10, 15, tzinfo=UTC)
 
 
 def stage(data: bytes, **kwargs):

@@ -1,3 +1,11 @@
-from django.urls import URLPattern, URLResolver
+from django.urls import URLPattern, URLResolver, path
 
-urlpatterns: list[URLPattern | URLResolver] = []
+from uploads.api import views
+
+urlpatterns: list[URLPattern | URLResolver] = [
+    path("pools/<uuid:pool_id>/uploads", views.PoolUploadCreateApi.as_view(), name="pool-uploads"),
+    path("pools/<uuid:pool_id>/batches", views.PoolBatchCreateApi.as_view(), name="pool-batches"),
+    path("uploads", views.UploadListApi.as_view(), name="uploads"),
+    path("uploads/<uuid:upload_id>", views.UploadDetailApi.as_view(), name="upload-detail"),
+    path("uploads/<uuid:upload_id>/content", views.UploadContentApi.as_view(), name="upload-content"),
+]

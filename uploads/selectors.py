@@ -1,0 +1,71 @@
+"""Upload reads: lists, one upload with access checked, its events, and its bytes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+from uuid import UUID
+
+from django.db.models import Q, QuerySet
+
+from accounts.models import Role, User
+from accounts.selectors import pool_access, user_is_admin
+from poolhub.errors import NotFound
+from uploads.models import Event, Upload, UploadStatus
+from uploads.staging import staging_exists, staging_read
+from uploads.storage import upload_file_iter
+
+READERS = (Role.MANAGER, Role.EXPORTER)
+
+
+def upload_list(*, user: User, filters: dict[str, Any] | None = None) -> QuerySet[Upload]:
+    """The caller's uploads (admin: everyone's), filtered by pool, user (id or username), status, group."""
+    uploads = Upload.objects.select_related("uploader").order_by("-created_at", "-id")
+    if not user_is_admin(user=user):
+        uploads = uploads.filter(uploader=user)
+    filters = filters or {}
+    if filters.get("pool"):
+        uploads = uploads.filter(pool_id=filters["pool"])
+    if filters.get("group"):
+        uploads = uploads.filter(group_id=filters["group"])
+    if filters.get("status"):
+        uploads = uploads.filter(status=filters["status"])
+    if filters.get("user"):
+        who = str(filters["user"])
+        uploads = uploads.filter(Q(uploader__username=who) | Q(uploader_id=_uuid_or_none(who)))
+    return uploads
+
+
+def _uuid_or_none(value: str) -> UUID | None:
+    try:
+        return UUID(value)
+    except ValueError:
+        return None
+
+
+def upload_get(*, user: User, upload_id: UUID | str) -> Upload:
+    """An upload its uploader, the pool's managers and exporters, or an admin may see.
+
+    Anyone else: 404 when not in the pool (as for an unknown id), 403 for another role in it.
+    """
+    upload = Upload.objects.select_related("uploader").filter(id=upload_id).first()
+    if upload is None:
+        raise NotFound("no such upload")
+    if upload.uploader_id == user.id or user_is_admin(user=user):
+        return upload
+    try:
+        pool_access(user=user, pool_id=upload.pool_id, roles=READERS)
+    except NotFound as exc:
+        raise NotFound("no such upload") from exc
+    return upload
+
+
+def upload_events(*, upload: Upload) -> QuerySet[Event]:
+    return Event.objects.filter(stream_type="upload", stream_id=upload.id).order_by("seq")
+
+
+def upload_content(*, upload: Upload) -> Iterator[bytes]:
+    """The upload's bytes, in chunks: from GridFS once stored, from staging before."""
+    if upload.status != UploadStatus.STORED and staging_exists(key=upload.staging_key):
+        return staging_read(key=upload.staging_key)
+    return upload_file_iter(upload_id=upload.id)  # stored (perhaps just now, as staging was dropped)
