@@ -1,0 +1,285 @@
+"""The websocket gateway at /ws/ (API.md, "Websocket"); docs/realtime.md describes the protocol.
+
+One consumer per socket. It authenticates (a first `connect` frame, or `bearer.<token>` offered
+in `Sec-WebSocket-Protocol`), joins the channel-layer groups of its user (the user's own, the
+admins', one per pool), answers the verbs and forwards pushes. Frames are handled one at a
+time, in arrival order, pushes included.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.conf import settings
+from rest_framework.exceptions import APIException
+
+from accounts.models import User
+from notifications import gateway, transfers
+from notifications.selectors import ADMINS_GROUP, pool_group, user_group
+from poolhub.errors import ApiError, BadRequest
+from poolhub.errors import _describe as describe_error
+
+logger = logging.getLogger(__name__)
+
+SUBPROTOCOL = "poolhub"
+BEARER_PREFIX = "bearer."
+CLOSE_UNAUTHENTICATED = 4401  # bad, expired, revoked or missing credentials
+CLOSE_AUTH_TIMEOUT = 4408  # no credentials within the deadline
+_DELIVERED_MEMORY = 10_000  # seqs remembered per socket, so a push and its replay arrive once
+
+Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any] | None]]
+
+
+def _auth_seconds() -> float:
+    return float(getattr(settings, "POOLHUB_WS_AUTH_SECONDS", 10))
+
+
+def _resync_seconds() -> float:
+    """Group memberships in channels-redis expire (`group_expiry`): re-join well before that."""
+    layer: dict[str, Any] = settings.CHANNEL_LAYERS["default"]
+    config: dict[str, Any] = layer.get("CONFIG") or {}
+    expiry = float(config.get("group_expiry", 86400))
+    return float(getattr(settings, "POOLHUB_WS_RESYNC_SECONDS", min(600, expiry / 4)))
+
+
+class GatewayConsumer(AsyncJsonWebsocketConsumer):
+    async def connect(self) -> None:
+        self.user: User | None = None
+        self.jti: str | None = None
+        self.is_admin = False
+        self.pools: set[str] = set()
+        self.joined: set[str] = set()
+        self.synced_at = 0.0
+        self.delivered: set[int] = set()
+        self.delivered_order: deque[int] = deque()
+        self.timer: asyncio.Task[None] | None = None
+        self.closed = False
+        offered = list(self.scope.get("subprotocols") or [])
+        token = next((p[len(BEARER_PREFIX):] for p in offered if p.startswith(BEARER_PREFIX)), None)
+        await self.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None)
+        if token is not None:
+            await self._authenticate(token=token, request_id=None)
+        else:
+            self._set_timer(self._auth_deadline())
+
+    async def disconnect(self, code: int) -> None:
+        self.closed = True
+        if self.timer is not None:
+            self.timer.cancel()
+        for group in list(self.joined):
+            await self.channel_layer.group_discard(group, self.channel_name)
+        self.joined.clear()
+
+    # --- frames from the client ------------------------------------------------------------
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None, **kwargs: Any) -> None:
+        try:
+            content = json.loads(text_data) if text_data is not None else None
+        except ValueError:
+            content = None
+        if not isinstance(content, dict):
+            await self._send_error("invalid", "frames are JSON objects with a `type`", request_id=None)
+            return
+        request_id = content.get("request_id")
+        handler = self._handlers().get(str(content.get("type")))
+        if handler is None:
+            await self._send_error("invalid", f"unknown frame type {content.get('type')!r}", request_id=request_id)
+            return
+        if self.user is None and content.get("type") != "connect":
+            await self._refuse("not_authenticated", "authenticate first: send a `connect` frame with your access token",
+                               request_id=request_id)
+            return
+        if self.user is not None and content.get("type") != "connect" and await self._token_revoked():
+            await self._refuse("token_revoked", "this access token was logged out", request_id=request_id)
+            return
+        try:
+            reply = await handler(content)
+        except APIException as exc:
+            code, message, details = describe_error(exc)
+            await self._send_error(code, message, request_id=request_id, details=details)
+            return
+        except Exception:
+            logger.exception("websocket frame %s failed", content.get("type"))
+            await self._send_error("server_error", "the server failed; nothing was changed", request_id=request_id)
+            return
+        if reply is not None and not self.closed:
+            if request_id is not None:
+                reply["request_id"] = request_id
+            await self.send_json(reply)
+
+    def _handlers(self) -> dict[str, Handler]:
+        return {
+            "connect": self._on_connect,
+            "alive": self._on_alive,
+            "resume": self._on_resume,
+            "get-history": self._on_history,
+            "start-transfer": self._on_start_transfer,
+            "write-chunk": self._on_write_chunk,
+            "complete-upload": self._on_complete_upload,
+            "get-transfer": self._on_get_transfer,
+        }
+
+    async def _on_connect(self, content: dict[str, Any]) -> dict[str, Any] | None:
+        token = content.get("access_token")
+        if not isinstance(token, str) or not token:
+            raise BadRequest("access_token: required", code="not_authenticated")
+        await self._authenticate(token=token, request_id=content.get("request_id"))
+        return None  # _authenticate replied
+
+    async def _on_alive(self, content: dict[str, Any]) -> dict[str, Any]:
+        if time.monotonic() - self.synced_at > _resync_seconds():
+            await self._sync_groups()
+        return {"type": "alive"}
+
+    async def _on_resume(self, content: dict[str, Any]) -> dict[str, Any]:
+        after = content.get("after")
+        if isinstance(after, bool) or not isinstance(after, int) or after < 0:
+            raise BadRequest("after: an event seq (an integer >= 0)", details={"fields": {"after": ["invalid"]}})
+        await self._sync_groups()
+        user = self._user()
+        count, last = 0, after
+        while True:
+            frames = await database_sync_to_async(gateway.notifications_page)(
+                user=user, pool_ids=self.pools, after=last)
+            for frame in frames:
+                await self._deliver(frame, replay=True)
+                last = int(frame["seq"])
+                count += 1
+            if len(frames) < gateway.RESUME_PAGE:
+                break
+        return {"type": "resumed", "after": after, "last_seq": last, "count": count}
+
+    async def _on_history(self, content: dict[str, Any]) -> dict[str, Any]:
+        uploads = await database_sync_to_async(gateway.history)(user=self._user(), pool_id=content.get("pool"))
+        return {"type": "history", "uploads": uploads}
+
+    async def _on_start_transfer(self, content: dict[str, Any]) -> dict[str, Any]:
+        started = await database_sync_to_async(transfers.transfer_start)(user=self._user(), frame=content)
+        return {"type": "transfer-started", **started}
+
+    async def _on_write_chunk(self, content: dict[str, Any]) -> dict[str, Any]:
+        acked = await database_sync_to_async(transfers.transfer_write)(user=self._user(), frame=content)
+        return {"type": "chunk-ack", **acked}
+
+    async def _on_complete_upload(self, content: dict[str, Any]) -> dict[str, Any]:
+        upload = await database_sync_to_async(transfers.transfer_complete)(user=self._user(), frame=content)
+        return {"type": "upload-accepted", "upload": upload}
+
+    async def _on_get_transfer(self, content: dict[str, Any]) -> dict[str, Any]:
+        state = await database_sync_to_async(transfers.transfer_status)(user=self._user(), frame=content)
+        return {"type": "transfer", **state}
+
+    # --- authentication ---------------------------------------------------------------------
+
+    async def _authenticate(self, *, token: str, request_id: Any) -> None:
+        try:
+            user, claims = await database_sync_to_async(gateway.socket_authenticate)(token=token)
+        except ApiError as exc:
+            await self._refuse(exc.code, exc.message, request_id=request_id)
+            return
+        if self.user is not None and self.user.pk != user.pk:
+            raise BadRequest("this socket belongs to another user; open a new socket", code="forbidden")
+        self.user, self.jti, self.is_admin = user, str(claims["jti"]), bool(user.is_poolhub_admin)
+        self._set_timer(self._expire_at(float(claims["exp"])))
+        await self._sync_groups()
+        reply: dict[str, Any] = {"type": "connected", "user": gateway.user_json(user)}
+        if request_id is not None:
+            reply["request_id"] = request_id
+        await self.send_json(reply)
+
+    async def _token_revoked(self) -> bool:
+        return bool(self.jti) and await database_sync_to_async(gateway.jti_is_denied)(jti=self.jti)
+
+    def _set_timer(self, coroutine: Awaitable[None]) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer = asyncio.ensure_future(coroutine)
+
+    async def _auth_deadline(self) -> None:
+        await asyncio.sleep(_auth_seconds())
+        if self.user is None:
+            await self._refuse("not_authenticated", "no credentials within the time allowed", request_id=None,
+                               close_code=CLOSE_AUTH_TIMEOUT)
+
+    async def _expire_at(self, exp: float) -> None:
+        await asyncio.sleep(max(0.0, exp - time.time()))
+        await self._refuse("invalid_token", "the access token expired; reconnect with a fresh one", request_id=None)
+
+    async def _refuse(self, code: str, message: str, *, request_id: Any,
+                      close_code: int = CLOSE_UNAUTHENTICATED) -> None:
+        """An error frame, then the socket closes: the only way out for credential problems."""
+        if self.closed:
+            return
+        await self._send_error(code, message, request_id=request_id)
+        self.closed = True
+        with contextlib.suppress(Exception):
+            await self.close(code=close_code)
+
+    # --- groups and pushes ------------------------------------------------------------------
+
+    async def _sync_groups(self) -> None:
+        """Join the user's groups (again: joining refreshes their expiry), leave pools they left."""
+        user = self._user()
+        self.pools = await database_sync_to_async(gateway.user_pool_ids)(user=user)
+        wanted = {user_group(user.pk), *(pool_group(p) for p in self.pools)}
+        if self.is_admin:
+            wanted.add(ADMINS_GROUP)
+        for group in self.joined - wanted:
+            await self.channel_layer.group_discard(group, self.channel_name)
+        for group in wanted:
+            await self.channel_layer.group_add(group, self.channel_name)
+        self.joined = wanted
+        self.synced_at = time.monotonic()
+
+    async def notify(self, message: dict[str, Any]) -> None:
+        pool = message.get("pool")
+        if self.user is None or (pool is not None and pool not in self.pools):
+            return  # a push for a pool this socket has just left
+        await self._deliver(message["frame"], replay=False)
+
+    async def membership_changed(self, message: dict[str, Any]) -> None:
+        if self.user is not None:
+            await self._sync_groups()
+
+    async def token_revoked(self, message: dict[str, Any]) -> None:
+        if self.user is not None and message.get("jti") in (None, self.jti):
+            await self._refuse("token_revoked", "this access token was logged out", request_id=None)
+
+    async def _deliver(self, frame: dict[str, Any], *, replay: bool) -> None:
+        seq = int(frame["seq"])
+        if seq in self.delivered and not replay:
+            return  # already sent by a replay, or pushed to two of this socket's groups
+        if self.closed:
+            return
+        await self.send_json(frame)
+        if seq not in self.delivered:
+            self.delivered.add(seq)
+            self.delivered_order.append(seq)
+            if len(self.delivered_order) > _DELIVERED_MEMORY:
+                self.delivered.discard(self.delivered_order.popleft())
+
+    # --- helpers ----------------------------------------------------------------------------
+
+    def _user(self) -> User:
+        assert self.user is not None  # receive() refuses every other frame before authentication
+        return self.user
+
+    async def _send_error(self, code: str, message: str, *, request_id: Any,
+                          details: dict[str, Any] | None = None) -> None:
+        frame: dict[str, Any] = {"type": "error", "code": code, "message": message}
+        if details:
+            frame["details"] = details
+        if request_id is not None:
+            frame["request_id"] = request_id
+        with contextlib.suppress(Exception):  # the peer may already be gone
+            await self.send_json(frame)
+

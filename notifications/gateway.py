@@ -1,0 +1,107 @@
+"""Synchronous work behind the websocket verbs: authentication, history, resume.
+
+The consumer runs these in a worker thread (`database_sync_to_async`); they raise `ApiError`s
+with the contract's codes, exactly like the REST views.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+import redis
+from django.conf import settings
+from rest_framework_simplejwt.exceptions import TokenError
+from rest_framework_simplejwt.tokens import AccessToken
+
+from accounts.api.serializers import UserOutput
+from accounts.models import User
+from accounts.selectors import pool_access, pool_roles_for_user, user_is_admin
+from accounts.tokens import access_token_is_denied
+from notifications.selectors import notifications_after
+from poolhub.errors import ApiError, Unavailable
+from uploads.models import Upload
+
+RESUME_PAGE = 500
+HISTORY_LIMIT = 100
+
+
+def _unauthorized(code: str, message: str) -> ApiError:
+    return ApiError(message, code=code, status_code=401)
+
+
+def jti_is_denied(*, jti: str) -> bool:
+    try:
+        return access_token_is_denied(jti=jti)
+    except redis.RedisError as exc:
+        raise Unavailable("the token store is unavailable") from exc
+
+
+def socket_authenticate(*, token: str) -> tuple[User, dict[str, Any]]:
+    """The user behind an access token, and the claims the socket needs (`jti`, `exp`).
+
+    The same checks as the REST authentication: signature and expiry, the logout denylist,
+    an active user.
+    """
+    try:
+        access = AccessToken(token)  # type: ignore[arg-type]
+    except TokenError as exc:
+        raise _unauthorized("invalid_token", "the access token is invalid or expired") from exc
+    if jti_is_denied(jti=str(access["jti"])):
+        raise _unauthorized("token_revoked", "this access token was logged out")
+    user = User.objects.filter(id=access.get(str(settings.SIMPLE_JWT["USER_ID_CLAIM"])), is_active=True).first()
+    if user is None:
+        raise _unauthorized("invalid_token", "the access token's user no longer exists")
+    return user, {"jti": str(access["jti"]), "exp": int(access["exp"])}
+
+
+def user_json(user: User) -> dict[str, Any]:
+    return dict(UserOutput(user).data)
+
+
+def user_pool_ids(*, user: User) -> set[str]:
+    return {str(pool_id) for pool_id in pool_roles_for_user(user=user)}
+
+
+def notifications_page(*, user: User, pool_ids: set[str], after: int) -> list[dict[str, Any]]:
+    """Up to RESUME_PAGE notifications for `user` after `after`, in seq order."""
+    frames = notifications_after(user_id=user.pk, is_admin=user_is_admin(user=user), pool_ids=pool_ids,
+                                 after=after, chunk_size=RESUME_PAGE)
+    page = []
+    for frame in frames:
+        page.append(frame)
+        if len(page) == RESUME_PAGE:
+            break
+    return page
+
+
+def upload_json(upload: Upload) -> dict[str, Any]:
+    """An upload in the contract's shape (API.md, "Uploads")."""
+    try:
+        from uploads.api.serializers import UploadOutput  # the REST shape, once the uploads API has it
+    except ImportError:
+        return {
+            "id": str(upload.id), "pool": str(upload.pool_id), "uploader": str(upload.uploader_id),
+            "filename": upload.filename, "size": upload.size, "sha256": upload.sha256,
+            "content_type": upload.content_type, "timestamp": upload.timestamp.isoformat(),
+            "status": upload.status, "group": str(upload.group_id) if upload.group_id else None,
+            "attempts": upload.attempts, "created_at": upload.created_at.isoformat(),
+        }
+    return dict(UploadOutput(upload).data)
+
+
+def history(*, user: User, pool_id: Any) -> list[dict[str, Any]]:
+    """The caller's latest uploads (an admin's: everyone's), as `GET /uploads` lists them;
+    with `pool`, only that pool's, after the pool access check (404 for a non-member)."""
+    uploads = Upload.objects.all() if user_is_admin(user=user) else Upload.objects.filter(uploader=user)
+    if pool_id is not None:
+        pool = pool_access(user=user, pool_id=_uuid(pool_id))
+        uploads = uploads.filter(pool=pool)
+    return [upload_json(upload) for upload in uploads.order_by("-created_at")[:HISTORY_LIMIT]]
+
+
+def _uuid(value: Any) -> UUID | str:
+    try:
+        return UUID(str(value))
+    except ValueError:
+        return str(value)  # pool_access answers 404 for it, like for any unknown pool
