@@ -50,8 +50,8 @@ def second_exporter(pool: Pool) -> User:
 def closed_group(pool: Pool, contributor: User) -> Group:
     """A closed group of three stored uploads from one contributor."""
     for i in range(3):
-        stored_upload(pool=pool, uploader=contributor, timestamp=T0.replace(minute=i), data=f"update {i}".encode() * 100,
-                      filename=f"u{i}.bin")
+        stored_upload(pool=pool, uploader=contributor, timestamp=T0.replace(minute=i),
+                      data=f"update {i}".encode() * 100, filename=f"u{i}.bin")
     group = Group.objects.get(pool=pool, window_start=T0)
     Group.objects.filter(id=group.id).update(status="closed")
     group.refresh_from_db()
@@ -75,7 +75,7 @@ def webhook_receiver() -> Iterator[Receiver]:
     receiver = Receiver(url="")
 
     class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+        def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
             receiver.calls.append({"body": body, "headers": {k.lower(): v for k, v in self.headers.items()},
                                    "path": self.path})

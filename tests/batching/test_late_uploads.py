@@ -30,7 +30,8 @@ def _windows(pool: Pool) -> tuple[Window, Window]:
     """(the window before the current one, the current one)."""
     now = timezone.now()
     current = window_bounds(origin=pool.origin, window_seconds=pool.window_seconds, at=now)
-    previous = window_bounds(origin=pool.origin, window_seconds=pool.window_seconds, at=current[0] - timedelta(seconds=1))
+    previous = window_bounds(origin=pool.origin, window_seconds=pool.window_seconds,
+                             at=current[0] - timedelta(seconds=1))
     return previous, current
 
 
