@@ -63,6 +63,7 @@ class GatewayConsumer(AsyncJsonWebsocketConsumer):
         self.delivered_order: deque[int] = deque()
         self.timer: asyncio.Task[None] | None = None
         self.closed = False
+        self.writers: transfers.Writers = {}  # open staging writers of this socket, by transfer id
         offered = list(self.scope.get("subprotocols") or [])
         token = next((p[len(BEARER_PREFIX):] for p in offered if p.startswith(BEARER_PREFIX)), None)
         await self.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None)
@@ -167,11 +168,13 @@ class GatewayConsumer(AsyncJsonWebsocketConsumer):
         return {"type": "transfer-started", **started}
 
     async def _on_write_chunk(self, content: dict[str, Any]) -> dict[str, Any]:
-        acked = await database_sync_to_async(transfers.transfer_write)(user=self._user(), frame=content)
+        acked = await database_sync_to_async(transfers.transfer_write)(
+            user=self._user(), frame=content, writers=self.writers)
         return {"type": "chunk-ack", **acked}
 
     async def _on_complete_upload(self, content: dict[str, Any]) -> dict[str, Any]:
-        upload = await database_sync_to_async(transfers.transfer_complete)(user=self._user(), frame=content)
+        upload = await database_sync_to_async(transfers.transfer_complete)(
+            user=self._user(), frame=content, writers=self.writers)
         return {"type": "upload-accepted", "upload": upload}
 
     async def _on_get_transfer(self, content: dict[str, Any]) -> dict[str, Any]:

@@ -20,7 +20,8 @@ from accounts.selectors import pool_access, pool_roles_for_user, user_is_admin
 from accounts.tokens import access_token_is_denied
 from notifications.selectors import notifications_after
 from poolhub.errors import ApiError, Unavailable
-from uploads.models import Upload
+from uploads.api.serializers import UploadOutput
+from uploads.selectors import upload_list
 
 RESUME_PAGE = 500
 HISTORY_LIMIT = 100
@@ -75,29 +76,13 @@ def notifications_page(*, user: User, pool_ids: set[str], after: int) -> list[di
     return page
 
 
-def upload_json(upload: Upload) -> dict[str, Any]:
-    """An upload in the contract's shape (API.md, "Uploads")."""
-    try:
-        from uploads.api.serializers import UploadOutput  # the REST shape, once the uploads API has it
-    except ImportError:
-        return {
-            "id": str(upload.id), "pool": str(upload.pool_id), "uploader": str(upload.uploader_id),
-            "filename": upload.filename, "size": upload.size, "sha256": upload.sha256,
-            "content_type": upload.content_type, "timestamp": upload.timestamp.isoformat(),
-            "status": upload.status, "group": str(upload.group_id) if upload.group_id else None,
-            "attempts": upload.attempts, "created_at": upload.created_at.isoformat(),
-        }
-    return dict(UploadOutput(upload).data)
-
-
 def history(*, user: User, pool_id: Any) -> list[dict[str, Any]]:
-    """The caller's latest uploads (an admin's: everyone's), as `GET /uploads` lists them;
-    with `pool`, only that pool's, after the pool access check (404 for a non-member)."""
-    uploads = Upload.objects.all() if user_is_admin(user=user) else Upload.objects.filter(uploader=user)
+    """The caller's latest uploads (an admin's: everyone's), as `GET /uploads` lists them; with
+    `pool`, only that pool's, after the pool access check (404 for a non-member)."""
+    filters: dict[str, Any] = {}
     if pool_id is not None:
-        pool = pool_access(user=user, pool_id=_uuid(pool_id))
-        uploads = uploads.filter(pool=pool)
-    return [upload_json(upload) for upload in uploads.order_by("-created_at")[:HISTORY_LIMIT]]
+        filters["pool"] = pool_access(user=user, pool_id=_uuid(pool_id)).pk
+    return [dict(UploadOutput(upload).data) for upload in upload_list(user=user, filters=filters)[:HISTORY_LIMIT]]
 
 
 def _uuid(value: Any) -> UUID | str:

@@ -18,7 +18,7 @@ from accounts.tokens import token_pair_for
 from uploads.events import event_append
 from uploads.models import Event
 
-ORIGIN = (b"origin", b"http://testserver")
+PUSH_TYPES = {"upload.status", "group.closed", "result.available"}
 
 
 @pytest.fixture
@@ -39,6 +39,7 @@ class Socket:
         self.communicator = WebsocketCommunicator(application, "/ws/", headers=[(b"origin", origin)],
                                                   subprotocols=subprotocols)
         self.closed_with: int | None = None
+        self.pushes: list[dict[str, Any]] = []
 
     async def open(self) -> tuple[bool, Any]:
         return await self.communicator.connect(timeout=10)
@@ -54,9 +55,14 @@ class Socket:
             return {"closed": output.get("code")}
         return dict(json.loads(output["text"]))
 
-    async def ask(self, frame: dict[str, Any]) -> dict[str, Any]:
+    async def ask(self, frame: dict[str, Any] | str) -> dict[str, Any]:
+        """Send a frame and return the reply; pushes that arrive meanwhile are kept in `pushes`."""
         await self.send(frame)
-        return await self.recv()
+        while True:
+            reply = await self.recv()
+            if reply.get("type") not in PUSH_TYPES:
+                return reply
+            self.pushes.append(reply)
 
     async def drain_until(self, type_: str) -> list[dict[str, Any]]:
         """Every frame up to and including the first of `type_`."""
@@ -78,9 +84,9 @@ class Socket:
         A socket's pushes arrive in the order they were sent, so a later push that this socket
         must get (a sentinel) proves that nothing else was sent to it before.
         """
-        frames = []
+        frames: list[dict[str, Any]] = []
         while True:
-            frame = await self.recv()
+            frame = self.pushes.pop(0) if self.pushes else await self.recv()
             assert "closed" not in frame, frames
             frames.append(frame)
             if frame.get("seq") == seq:

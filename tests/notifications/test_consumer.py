@@ -69,7 +69,7 @@ async def test_expired_token_is_refused(contributor):
 
 async def test_logged_out_token_is_refused(contributor):
     token = await run(access_for, user=contributor)
-    await run(access_token_deny, token=AccessToken(token))  # type: ignore[arg-type]
+    await run(access_token_deny, token=AccessToken(token))
     socket = Socket()
     await socket.open()
     reply = await socket.ask({"type": "connect", "access_token": token})
@@ -79,7 +79,7 @@ async def test_logged_out_token_is_refused(contributor):
 
 async def test_revoked_token_in_subprotocol_is_refused(contributor):
     token = await run(access_for, user=contributor)
-    await run(access_token_deny, token=AccessToken(token))  # type: ignore[arg-type]
+    await run(access_token_deny, token=AccessToken(token))
     socket = Socket(subprotocols=["poolhub", f"bearer.{token}"])
     await socket.open()
     assert (await socket.recv())["code"] == "token_revoked"
@@ -204,7 +204,7 @@ async def test_logout_closes_the_socket_on_that_token(contributor):
     socket = Socket()
     await socket.open()
     assert (await socket.ask({"type": "connect", "access_token": token}))["type"] == "connected"
-    await run(user_logout, user=contributor, access=AccessToken(token), refresh=None)  # type: ignore[arg-type]
+    await run(user_logout, user=contributor, access=AccessToken(token), refresh=None)
     assert (await socket.recv())["code"] == "token_revoked"
     assert "closed" in await socket.recv()
     assert (await other_device.ask({"type": "alive"}))["type"] == "alive"  # another token, still in

@@ -1,0 +1,14 @@
+"""Celery adapters for the websocket gateway."""
+
+from __future__ import annotations
+
+from celery import shared_task
+
+from notifications.transfers import transfers_expire
+
+
+@shared_task(name="notifications.expire_transfers", acks_late=True, reject_on_worker_lost=True,
+             soft_time_limit=60, time_limit=90)
+def expire_transfers() -> int:
+    """Beat: chunked transfers idle past their deadline lose their staged bytes."""
+    return transfers_expire()
