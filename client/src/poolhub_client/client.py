@@ -47,8 +47,9 @@ class PoolhubClient:
     def __init__(self, base_url: str, *, tokens: Tokens | None = None, token_state: TokenState | None = None,
                  on_tokens: Any = None, timeout: httpx.Timeout | float = DEFAULT_TIMEOUT, max_retries: int = 4,
                  max_retry_wait: float = 120.0, transport: httpx.BaseTransport | None = None,
-                 verify: bool = True) -> None:
+                 verify: bool = True, refresh_early: bool = True) -> None:
         self.base_url = base_url.rstrip("/")
+        self.refresh_early = refresh_early  # refresh a few seconds before expiry rather than after a 401
         self.state = token_state or TokenState(tokens=tokens, on_change=on_tokens)
         self.max_retries = max_retries
         self.max_retry_wait = max_retry_wait
@@ -89,7 +90,7 @@ class PoolhubClient:
         attempt = 0
         while True:
             attempt += 1
-            if auth and self.state.needs_refresh():
+            if auth and self.refresh_early and self.state.needs_refresh():
                 self.refresh(if_generation=self.state.generation)
             request_headers = self._headers(auth, headers)
             content = None

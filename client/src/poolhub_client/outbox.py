@@ -26,9 +26,11 @@ from typing import IO, Any
 from poolhub_client import _core
 from poolhub_client._core import BatchItem
 from poolhub_client.client import PoolhubClient
-from poolhub_client.errors import RETRYABLE_STATUS, PoolhubError, TransportError, ValidationError
+from poolhub_client.errors import RETRYABLE_STATUS, PoolhubError, TransportError
 
 log = logging.getLogger("poolhub_client.outbox")
+# A refused batch created nothing: 400 bad item, 409 late window refused, 413 too large, 415 type.
+REFUSED_STATUS = frozenset({400, 409, 413, 415})
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (
@@ -242,7 +244,7 @@ class Outbox:
                     self.sleep(_core.backoff_delay(attempt, base=self.backoff_base, cap=self.backoff_cap,
                                                    retry_after=exc.retry_after))
                     continue
-                if isinstance(exc, ValidationError) or exc.status in {413, 415}:
+                if exc.status in REFUSED_STATUS and exc.code != "idempotency_conflict":
                     self._refuse(key, items, exc, report)
                     return True
                 raise
