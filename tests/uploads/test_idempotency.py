@@ -1,0 +1,100 @@
+"""Idempotency-Key: a repeat replays the first response, a different request is 409, a race creates one."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+from accounts.tokens import token_pair_for
+from tests.conftest import error_code
+from tests.uploads.conftest import WHEN, WHEN_DT, assert_nothing_left, payload, post_upload, staged_keys
+from uploads.models import Event, Upload
+
+
+@pytest.mark.django_db
+def test_repeat_returns_the_first_response_and_creates_nothing(api, pool, contributor):
+    client = api(contributor)
+    data = payload(50_000)
+    first = post_upload(client, pool, data, headers={"Idempotency-Key": "k-1"})
+    assert first.status_code == 202
+    keys_after_first = staged_keys()
+    events_after_first = Event.objects.count()
+    again = post_upload(client, pool, data, headers={"Idempotency-Key": "k-1"})
+    assert again.status_code == 202
+    assert again.json() == first.json()
+    assert again["Idempotent-Replayed"] == "true"
+    assert Upload.objects.count() == 1
+    assert Event.objects.count() == events_after_first
+    assert staged_keys() == keys_after_first
+
+
+@pytest.mark.django_db
+def test_different_request_under_the_same_key_is_a_conflict(api, pool, contributor):
+    client = api(contributor)
+    post_upload(client, pool, payload(1000), headers={"Idempotency-Key": "k-2"})
+    other_bytes = post_upload(client, pool, payload(1000, seed=7), headers={"Idempotency-Key": "k-2"})
+    assert other_bytes.status_code == 409
+    assert error_code(other_bytes) == "idempotency_conflict"
+    other_time = post_upload(client, pool, payload(1000), timestamp=(WHEN_DT - timedelta(seconds=1)).isoformat(),
+                             headers={"Idempotency-Key": "k-2"})
+    assert error_code(other_time) == "idempotency_conflict"
+    assert Upload.objects.count() == 1
+
+
+@pytest.mark.django_db
+def test_keys_belong_to_one_user(api, pool, contributor, manager):
+    post_upload(api(contributor), pool, payload(1000), headers={"Idempotency-Key": "shared"})
+    response = post_upload(api(manager), pool, payload(1000), headers={"Idempotency-Key": "shared"})
+    assert response.status_code == 202
+    assert "Idempotent-Replayed" not in response
+    assert Upload.objects.count() == 2
+
+
+@pytest.mark.django_db
+def test_a_refused_request_does_not_use_up_its_key(api, pool, contributor):
+    client = api(contributor)
+    refused = post_upload(client, pool, payload(1000), timestamp="not a time", headers={"Idempotency-Key": "k-3"})
+    assert refused.status_code == 400
+    assert_nothing_left()
+    fixed = post_upload(client, pool, payload(1000), headers={"Idempotency-Key": "k-3"})
+    assert fixed.status_code == 202
+
+
+@pytest.mark.django_db
+def test_batches_take_keys_too(api, pool, contributor):
+    client = api(contributor)
+    form = {"manifest": json.dumps({"items": [{"file": "a", "timestamp": WHEN}]})}
+
+    def send():
+        from tests.uploads.conftest import named
+
+        return client.post(f"/api/v1/pools/{pool.id}/batches", {**form, "a": named(payload(300))},
+                           format="multipart", headers={"Idempotency-Key": "batch-1"})
+
+    first, again = send(), send()
+    assert again.status_code == 202
+    assert again.json() == first.json()
+    assert Upload.objects.count() == 1
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_requests_with_one_key_create_one_upload(live_server_url, pool, contributor):
+    token = token_pair_for(user=contributor)["access"]
+    data = payload(3 * 1024 * 1024)
+
+    def send(_: int) -> httpx.Response:
+        return httpx.post(f"{live_server_url}/api/v1/pools/{pool.id}/uploads",
+                          headers={"Authorization": f"Bearer {token}", "Idempotency-Key": "race"},
+                          data={"timestamp": WHEN}, files={"file": ("race.bin", data)}, timeout=60)
+
+    with ThreadPoolExecutor(max_workers=4) as pool_of_threads:
+        responses = list(pool_of_threads.map(send, range(4)))
+    assert [r.status_code for r in responses] == [202] * 4
+    assert len({r.json()["id"] for r in responses}) == 1
+    assert Upload.objects.count() == 1
+    assert len(staged_keys()) == 1
