@@ -7,13 +7,24 @@ speaks the MongoDB wire protocol, on a TCP port. Both keep their data under one 
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
+import signal
 import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """Runs in a child before exec: when its parent dies, even by SIGKILL, the kernel sends it SIGTERM."""
+    with contextlib.suppress(OSError, AttributeError):  # not Linux: the parent's own shutdown still stops it
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 @dataclass
@@ -73,7 +84,8 @@ def start_redis(data_dir: Path, timeout: float = 20.0) -> EmbeddedService:
         "--maxmemory-policy", "noeviction",
         "--logfile", str(data_dir / "redis.log"),
     ]
-    process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               preexec_fn=die_with_parent)
 
     def ready() -> bool:
         if not sock_path.exists():
@@ -102,7 +114,7 @@ def start_filestore(data_dir: Path, port: int | None = None, *, test_commands: b
         args.append("--enable-test-commands")
     log = open(data_dir.parent / f"{data_dir.name}.log", "ab")  # noqa: SIM115 - owned by the child
     process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                               cwd=str(data_dir), env={**os.environ})
+                               cwd=str(data_dir), env={**os.environ}, preexec_fn=die_with_parent)
     log.close()
 
     def ready() -> bool:

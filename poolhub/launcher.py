@@ -7,8 +7,6 @@ beat. Ctrl-C or SIGTERM stops every child; children also die with this process (
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import os
 import signal
 import subprocess
@@ -17,20 +15,13 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from poolhub.embedded import EmbeddedService, start_filestore, start_redis
+from poolhub.embedded import EmbeddedService, die_with_parent, start_filestore, start_redis
 
 BASE_DIR = Path(__file__).resolve().parent.parent
-PR_SET_PDEATHSIG = 1
 
 
 def log(message: str) -> None:
     print(f"[poolhub] {message}", flush=True)
-
-
-def _die_with_parent() -> None:
-    """Runs in each child before exec: if the launcher dies, the kernel sends the child SIGTERM."""
-    with contextlib.suppress(OSError):  # not Linux: the launcher's own signal handling still stops children
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class Stack:
@@ -62,10 +53,11 @@ class Stack:
             log("file store: MONGO_URL from the environment")
 
     def manage(self, *args: str) -> None:
-        subprocess.run([sys.executable, "manage.py", *args], cwd=BASE_DIR, env=self.env, check=True)
+        subprocess.run([sys.executable, "manage.py", *args], cwd=BASE_DIR, env=self.env, check=True,
+                       preexec_fn=die_with_parent)
 
     def spawn(self, name: str, args: list[str]) -> None:
-        self.children[name] = subprocess.Popen(args, cwd=BASE_DIR, env=self.env, preexec_fn=_die_with_parent,
+        self.children[name] = subprocess.Popen(args, cwd=BASE_DIR, env=self.env, preexec_fn=die_with_parent,
                                                stdin=subprocess.DEVNULL)
 
     def start_processes(self) -> None:

@@ -1,0 +1,141 @@
+"""`make run`'s launcher with nothing configured: it comes up ready, serves, and leaves nothing behind."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from poolhub.embedded import free_port
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+pytestmark = pytest.mark.e2e
+
+# Everything a configured environment (or this test run) could pass on to the launcher.
+CONFIG_PREFIXES = ("POOLHUB_", "CELERY_", "THROTTLE_", "DJANGO_", "JWT_")
+CONFIG_NAMES = {"REDIS_URL", "MONGO_URL", "MONGO_DB", "DATABASE_URL", "SECRET_KEY", "PORT", "HOST",
+                "ALLOWED_HOSTS", "DEBUG"}
+
+
+def bare_env(var_dir: Path, port: int, filestore_port: int) -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items()
+           if key not in CONFIG_NAMES and not key.startswith(CONFIG_PREFIXES)}
+    env.update(POOLHUB_VAR_DIR=str(var_dir), PORT=str(port), POOLHUB_FILESTORE_PORT=str(filestore_port),
+               PYTHONUNBUFFERED="1")
+    return env
+
+
+def wait_ready(url: str, launcher: subprocess.Popen[bytes], timeout: float = 240) -> httpx.Response | None:
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        assert launcher.poll() is None, f"the launcher exited with {launcher.returncode} before it was ready"
+        try:
+            last = httpx.get(f"{url}/readyz", timeout=10)
+            if last.status_code == 200:
+                return last
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    return last
+
+
+def family(process: subprocess.Popen[bytes]) -> list[psutil.Process]:
+    try:
+        return psutil.Process(process.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+@pytest.fixture
+def launcher(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str, Path]]:
+    port, filestore_port = free_port(), free_port()
+    log_path = tmp_path / "launcher.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen([sys.executable, "-m", "poolhub.launcher"], cwd=BASE_DIR,
+                                   env=bare_env(tmp_path / "var", port, filestore_port), stdin=subprocess.DEVNULL,
+                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        yield process, f"http://127.0.0.1:{port}", log_path
+    finally:
+        leftovers(process, tmp_path)
+
+
+def leftovers(process: subprocess.Popen[bytes], tmp_path: Path) -> None:
+    """If the test failed midway, stop whatever this stack left: its own processes only."""
+    if process.poll() is None:
+        process.kill()
+        process.wait(10)
+    ours = []
+    for candidate in psutil.process_iter(["cmdline"]):
+        with contextlib.suppress(psutil.Error):
+            if str(tmp_path) in " ".join(candidate.info["cmdline"] or []):
+                candidate.kill()
+                ours.append(candidate)
+    psutil.wait_procs(ours, timeout=10)
+
+
+@pytest.mark.parametrize("stop", ["sigterm-launcher", "sigint-group"])
+def test_launcher_with_nothing_configured(launcher: tuple[subprocess.Popen[bytes], str, Path], stop: str) -> None:
+    """SIGTERM to the launcher (a service manager) or SIGINT to its whole group (Ctrl-C in a terminal)."""
+    process, url, log_path = launcher
+
+    ready = wait_ready(url, process)
+
+    assert ready is not None and ready.status_code == 200, log_path.read_text()[-4000:]
+    assert ready.json()["checks"] == {"database": "ok", "redis": "ok", "broker": "ok", "filestore": "ok"}
+    signup = httpx.post(f"{url}/api/v1/auth/signup",
+                        json={"username": "first-client", "password": "a-long-and-unusual-passphrase-41"}, timeout=30)
+    assert signup.status_code == 201, signup.text
+    me = httpx.get(f"{url}/api/v1/auth/validate", headers={"Authorization": f"Bearer {signup.json()['access']}"},
+                   timeout=30)
+    assert me.json()["user"]["username"] == "first-client"
+
+    children = family(process)
+    names = " ".join(" ".join(child.cmdline()) for child in children)
+    for part in ["uvicorn", "worker", "beat", "redis-server", "secantusd"]:
+        assert part in names, f"{part} is not running under the launcher"
+
+    if stop == "sigterm-launcher":
+        process.send_signal(signal.SIGTERM)
+    else:
+        os.killpg(process.pid, signal.SIGINT)
+    process.wait(60)
+
+    assert process.returncode == 0, log_path.read_text()[-4000:]
+    _, alive = psutil.wait_procs(children, timeout=10)
+    assert alive == [], [" ".join(p.cmdline()) for p in alive]
+    log = log_path.read_text()
+    assert "admin account created" in log
+    assert "stopped; nothing left running" in log
+    assert "Traceback" not in log, log[-4000:]
+
+
+def test_killing_the_launcher_takes_its_children_down(launcher: tuple[subprocess.Popen[bytes], str, Path]) -> None:
+    """Even SIGKILL, which the launcher cannot catch: the kernel tells each child its parent died."""
+    process, _, log_path = launcher
+    deadline = time.monotonic() + 240
+    expected = ["uvicorn", "worker", "beat", "redis-server", "secantusd"]
+    while time.monotonic() < deadline:  # wait until every part has started
+        assert process.poll() is None, log_path.read_text()[-4000:]
+        names = " ".join(" ".join(child.cmdline()) for child in family(process))
+        if all(part in names for part in expected):
+            break
+        time.sleep(0.5)
+    children = family(process)
+
+    process.kill()
+    process.wait(10)
+
+    _, alive = psutil.wait_procs(children, timeout=30)
+    assert alive == [], [" ".join(p.cmdline()) for p in alive]
