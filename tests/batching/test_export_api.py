@@ -37,7 +37,7 @@ def archive_members(response) -> tuple[list[str], dict[str, bytes]]:
     assert len(raw) == int(response["Content-Length"])
     with tarfile.open(fileobj=io.BytesIO(raw), mode="r:") as tar:
         names = tar.getnames()
-        return names, {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+        return names, {m.name: tar.extractfile(m).read() for m in tar.getmembers()}  # type: ignore[union-attr]
 
 
 def group_events(group, type):
