@@ -203,7 +203,8 @@ def test_a_whole_round(live_server_url, celery_worker, webhook_receiver):
     with Sockets(base, online) as sockets:
         with ThreadPoolExecutor(max_workers=6) as pool_executor:
             responses = list(pool_executor.map(lambda plan: _upload(base, plan[0], pool, plan[1]), plans))
-        assert [r.status_code for r in responses] == [202] * CLIENTS, [r.text for r in responses if r.status_code != 202]
+        refused = [r.text for r in responses if r.status_code != 202]
+        assert [r.status_code for r in responses] == [202] * CLIENTS, refused
         sent = [item for _, items in plans for item in items]
         wait_for(lambda: Upload.objects.filter(pool=pool, status=UploadStatus.STORED).count() == len(sent),
                  timeout=120, what="every upload stored by the worker")
