@@ -125,7 +125,7 @@ async def _resume(url: str, token: str) -> list[dict[str, Any]]:
         await socket.send(json.dumps({"type": "connect", "access_token": token}))
         assert json.loads(await socket.recv())["type"] == "connected"
         await socket.send(json.dumps({"type": "resume", "after": 0}))
-        frames = []
+        frames: list[dict[str, Any]] = []
         while True:
             frame = json.loads(await asyncio.wait_for(socket.recv(), 30))
             if frame["type"] == "resumed":
