@@ -1,0 +1,30 @@
+# One image, many commands: the same build runs the web server, the Celery worker and beat
+# (see docker-compose.yml). Configuration comes from the environment only; no secret is baked in.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    POOLHUB_VAR_DIR=/app/var \
+    PORT=8000
+
+WORKDIR /app
+
+COPY requirements.txt ./
+RUN python -m pip install -r requirements.txt
+
+COPY . .
+
+# Static files (admin, API docs page) are collected at build time and served by whitenoise.
+# The throwaway key collectstatic needs is generated under var/ and removed again.
+RUN python manage.py collectstatic --noinput -v 0 \
+    && rm -f /app/var/secret_key \
+    && useradd --system --uid 10001 --home-dir /app poolhub \
+    && chown -R poolhub /app/var
+
+USER poolhub
+EXPOSE 8000
+
+# The default command is the web process; compose overrides it for worker, beat and migrate.
+CMD ["sh", "-c", "exec uvicorn poolhub.asgi:application --host 0.0.0.0 --port ${PORT} --proxy-headers --ws websockets-sansio --lifespan off --no-server-header"]
