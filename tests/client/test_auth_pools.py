@@ -104,10 +104,11 @@ def test_tokens_refresh_by_themselves_and_rotation_is_stored(short_lived_server,
     client = PoolhubClient(short_lived_server, on_tokens=saved.append, refresh_early=refresh_early)
     client.login("contributor", PASSWORD)
     first = client.tokens
+    assert first is not None
     time.sleep(2.5)  # the access token is now expired
 
     assert client.validate()["user"]["username"] == "contributor"
-    assert client.tokens.refresh != first.refresh  # rotated, and the new one is kept
+    assert client.tokens is not None and client.tokens.refresh != first.refresh  # rotated, and the new one is kept
     assert len(saved) == 2 and saved[-1] is client.tokens  # the login, then the refresh, reached the store
 
     spent = PoolhubClient(short_lived_server, tokens=Tokens(access=first.access, refresh=first.refresh))

@@ -105,6 +105,7 @@ class Exporter:
             lease = await self.client.claim_group(group_id)
         except Conflict as exc:
             self.stats.skipped[group_id] = exc.code
+            self._known.discard(group_id)  # not_ready now may be ready at the next poll
             log.info("group %s: %s", group_id, exc.code)
             return None
         folder = self.workdir / f"group-{group_id}"
@@ -128,9 +129,13 @@ class Exporter:
             if not output.exists():
                 raise WorkFailed(f"the command exited 0 but wrote no result to {output}")
             return output
-        value = self.work(archive, folder)
-        if inspect.isawaitable(value):
-            value = await value
+        work = self.work
+        if inspect.iscoroutinefunction(work):
+            value = await work(archive, folder)
+        else:  # the long computation runs in a thread: the socket and the event loop stay responsive
+            value = await asyncio.to_thread(work, archive, folder)
+            if inspect.isawaitable(value):
+                value = await value
         if isinstance(value, bytes):
             await asyncio.to_thread(output.write_bytes, value)
             return output
@@ -174,6 +179,7 @@ class Exporter:
                     await self.process(group_id)
                 except Conflict as exc:  # lost the lease to another exporter, or the group moved on
                     self.stats.skipped[group_id] = exc.code
+                    self._known.discard(group_id)
                 except (WorkFailed, PoolhubError) as exc:
                     self.stats.failed[group_id] = str(exc)
                     log.error("group %s failed: %s", group_id, exc)
