@@ -132,6 +132,12 @@ def test_openapi_schema_describes_the_contract() -> None:
                  "/api/v1/auth/validate", "/api/v1/pools", "/api/v1/pools/{pool_id}",
                  "/api/v1/pools/{pool_id}/members", "/api/v1/pools/{pool_id}/members/{username}"]:
         assert path in schema["paths"], path
+    login = schema["paths"]["/api/v1/auth/login"]["post"]
+    body = login["requestBody"]["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[-1]
+    assert set(schema["components"]["schemas"][body]["required"]) == {"username", "password"}
+    assert {"200", "401", "429"} <= set(login["responses"])
+    assert schema["components"]["securitySchemes"]["jwtAuth"]["scheme"] == "bearer"
+    assert {"jwtAuth": []} in schema["paths"]["/api/v1/pools"]["get"]["security"]
 
 
 @pytest.mark.django_db

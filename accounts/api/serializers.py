@@ -29,6 +29,38 @@ class LogoutInput(serializers.Serializer):
     refresh = serializers.CharField(required=False, allow_blank=True)
 
 
+class TokenPairOutput(serializers.Serializer):
+    access = serializers.CharField()
+    refresh = serializers.CharField()
+
+
+class AuthOutput(TokenPairOutput):
+    user = UserOutput()
+
+
+class PoolRoleOutput(serializers.Serializer):
+    id = serializers.UUIDField()
+    name = serializers.CharField()
+    role = serializers.CharField()
+
+
+class ValidateOutput(serializers.Serializer):
+    user = UserOutput()
+    pools = PoolRoleOutput(many=True)
+
+
+class ErrorBodyOutput(serializers.Serializer):
+    code = serializers.CharField()
+    message = serializers.CharField()
+    details = serializers.DictField()
+
+
+class ErrorOutput(serializers.Serializer):
+    """The contract's error shape, for the schema."""
+
+    error = ErrorBodyOutput()
+
+
 class PoolSerializer(serializers.ModelSerializer):
     window_seconds = serializers.IntegerField(min_value=MIN_WINDOW_SECONDS, max_value=MAX_WINDOW_SECONDS,
                                               required=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, cast
 from uuid import UUID
 
+from drf_spectacular.utils import extend_schema
 from rest_framework import status
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
@@ -14,14 +15,18 @@ from rest_framework.views import APIView
 
 from accounts import selectors, services
 from accounts.api.serializers import (
+    AuthOutput,
     CredentialsInput,
+    ErrorOutput,
     LogoutInput,
     MemberRoleInput,
     MemberSerializer,
     PoolOutput,
     PoolSerializer,
     RefreshInput,
+    TokenPairOutput,
     UserOutput,
+    ValidateOutput,
 )
 from accounts.models import Role, User
 from poolhub.errors import Forbidden
@@ -42,6 +47,10 @@ def _valid(serializer_class: type[Any], data: Any, **kwargs: Any) -> dict[str, A
     return cast(dict[str, Any], serializer.validated_data)
 
 
+def _errors(*statuses: int) -> dict[int, type[ErrorOutput]]:
+    return dict.fromkeys(statuses, ErrorOutput)
+
+
 def _user(request: Request) -> User:
     return cast(User, request.user)
 
@@ -51,6 +60,7 @@ class SignupApi(APIView):
     authentication_classes: list[Any] = []
     throttle_classes = [AuthThrottle]
 
+    @extend_schema(request=CredentialsInput, responses={201: AuthOutput, **_errors(400, 409, 429)}, auth=[])
     def post(self, request: Request) -> Response:
         data = _valid(CredentialsInput, request.data)
         services.user_signup(username=data["username"], password=data["password"])
@@ -63,6 +73,7 @@ class LoginApi(APIView):
     authentication_classes: list[Any] = []
     throttle_classes = [AuthThrottle]
 
+    @extend_schema(request=CredentialsInput, responses={200: AuthOutput, **_errors(400, 401, 429)}, auth=[])
     def post(self, request: Request) -> Response:
         data = _valid(CredentialsInput, request.data)
         user, tokens = services.user_login(username=data["username"], password=data["password"])
@@ -74,12 +85,14 @@ class RefreshApi(APIView):
     authentication_classes: list[Any] = []
     throttle_classes = [AuthThrottle]
 
+    @extend_schema(request=RefreshInput, responses={200: TokenPairOutput, **_errors(400, 401, 429)}, auth=[])
     def post(self, request: Request) -> Response:
         data = _valid(RefreshInput, request.data)
         return Response(services.token_refresh(refresh=data["refresh"]))
 
 
 class LogoutApi(APIView):
+    @extend_schema(request=LogoutInput, responses={204: None, **_errors(400, 401)})
     def post(self, request: Request) -> Response:
         data = _valid(LogoutInput, request.data)
         services.user_logout(user=_user(request), access=cast(Any, request.auth), refresh=data.get("refresh") or None)
@@ -87,6 +100,7 @@ class LogoutApi(APIView):
 
 
 class ValidateApi(APIView):
+    @extend_schema(responses={200: ValidateOutput, **_errors(401)})
     def get(self, request: Request) -> Response:
         user = _user(request)
         roles = selectors.pool_roles_for_user(user=user)
@@ -98,12 +112,14 @@ class ValidateApi(APIView):
 
 
 class PoolListCreateApi(APIView):
+    @extend_schema(responses={200: PoolOutput(many=True), **_errors(401)})
     def get(self, request: Request) -> Response:
         user = _user(request)
         pools = selectors.pool_list(user=user)
         roles = selectors.pool_roles_for_user(user=user)
         return Response(PoolOutput(pools, many=True, context={"roles": roles}).data)
 
+    @extend_schema(request=PoolSerializer, responses={201: PoolOutput, **_errors(400, 401, 403, 409)})
     def post(self, request: Request) -> Response:
         user = _user(request)
         if not selectors.user_is_admin(user=user):
@@ -114,11 +130,13 @@ class PoolListCreateApi(APIView):
 
 
 class PoolDetailApi(APIView):
+    @extend_schema(responses={200: PoolOutput, **_errors(401, 404)})
     def get(self, request: Request, pool_id: UUID) -> Response:
         user = _user(request)
         pool = selectors.pool_access(user=user, pool_id=pool_id)
         return Response(PoolOutput(pool, context={"roles": selectors.pool_roles_for_user(user=user)}).data)
 
+    @extend_schema(request=PoolSerializer, responses={200: PoolOutput, **_errors(400, 401, 403, 404, 409)})
     def patch(self, request: Request, pool_id: UUID) -> Response:
         user = _user(request)
         pool = selectors.pool_access(user=user, pool_id=pool_id, roles=[Role.MANAGER])
@@ -128,10 +146,12 @@ class PoolDetailApi(APIView):
 
 
 class MemberListApi(APIView):
+    @extend_schema(responses={200: MemberSerializer(many=True), **_errors(401, 404)})
     def get(self, request: Request, pool_id: UUID) -> Response:
         pool = selectors.pool_access(user=_user(request), pool_id=pool_id)
         return Response(MemberSerializer(selectors.pool_member_list(pool=pool), many=True).data)
 
+    @extend_schema(request=MemberSerializer, responses={201: MemberSerializer, **_errors(400, 401, 403, 404, 409)})
     def post(self, request: Request, pool_id: UUID) -> Response:
         pool = selectors.pool_access(user=_user(request), pool_id=pool_id, roles=[Role.MANAGER])
         data = _valid(MemberSerializer, request.data)
@@ -140,12 +160,14 @@ class MemberListApi(APIView):
 
 
 class MemberDetailApi(APIView):
+    @extend_schema(request=MemberRoleInput, responses={200: MemberSerializer, **_errors(400, 401, 403, 404)})
     def patch(self, request: Request, pool_id: UUID, username: str) -> Response:
         pool = selectors.pool_access(user=_user(request), pool_id=pool_id, roles=[Role.MANAGER])
         data = _valid(MemberRoleInput, request.data)
         membership = services.pool_member_update(pool=pool, username=username, role=data["role"])
         return Response(MemberSerializer(membership).data)
 
+    @extend_schema(responses={204: None, **_errors(401, 403, 404)})
     def delete(self, request: Request, pool_id: UUID, username: str) -> Response:
         pool = selectors.pool_access(user=_user(request), pool_id=pool_id, roles=[Role.MANAGER])
         services.pool_member_remove(pool=pool, username=username)
