@@ -16,7 +16,7 @@ from pathlib import PurePosixPath
 from typing import Any
 from uuid import UUID
 
-from batching.filestore import read_chunks, upload_open
+from batching.filestore import upload_chunks
 from batching.models import Group, Lease
 from batching.selectors import group_failed_uploads, group_manifest
 
@@ -80,7 +80,7 @@ def group_archive(*, group: Group, lease: Lease) -> Archive:
 def _file_chunks(member: Member) -> Iterator[bytes]:
     assert member.upload_id is not None
     sent = 0
-    for chunk in read_chunks(upload_open(upload_id=member.upload_id)):
+    for chunk in upload_chunks(upload_id=member.upload_id):
         sent += len(chunk)
         if sent > member.size:
             break

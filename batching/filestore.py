@@ -10,15 +10,14 @@ import contextlib
 import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import IO
+from typing import IO, cast
 from uuid import UUID
 
 import gridfs
-from gridfs import GridOut
 from pymongo.errors import PyMongoError
 
 from poolhub.errors import Unavailable
-from poolhub.filestore import bucket
+from poolhub.filestore import bucket, mongo_db
 
 RESULTS_BUCKET = "results"
 CHUNK_BYTES = 1024 * 1024
@@ -51,31 +50,39 @@ def result_delete(*, result_id: UUID) -> None:
         bucket(RESULTS_BUCKET).delete(str(result_id))
 
 
-def result_open(*, result_id: UUID) -> GridOut:
+def _chunks(*, bucket_name: str, file_id: str, what: str) -> Iterator[bytes]:
+    """A GridFS file's bytes, chunk by chunk, read straight from the bucket's chunks collection.
+
+    GridOut reads through a cursor whose batches reach 16 MB; here a batch is a few GridFS chunks
+    (about 1 MB), so a file or an archive of any size streams through a small, fixed buffer.
+    """
+    expected = 0
     try:
-        return bucket(RESULTS_BUCKET).open_download_stream(str(result_id))
-    except gridfs.errors.NoFile as exc:
-        raise Unavailable("the result's bytes are not readable right now") from exc
+        cursor = mongo_db()[f"{bucket_name}.chunks"].find(
+            {"files_id": file_id}, {"data": 1, "n": 1}, sort=[("n", 1)], batch_size=4)
+        for document in cursor:
+            if document["n"] != expected:
+                raise Unavailable(f"{what} is missing chunk {expected} in the file store")
+            expected += 1
+            yield bytes(cast(bytes, document["data"]))
     except PyMongoError as exc:
         raise Unavailable("the file store is unavailable") from exc
+    if expected == 0:
+        raise Unavailable(f"{what} has no bytes in the file store")
 
 
-def upload_open(*, upload_id: UUID) -> GridOut:
-    """A stored upload's bytes, as the uploads app wrote them."""
-    from uploads.storage import upload_file_open  # the uploads app owns its bucket and id convention
+def upload_chunks(*, upload_id: UUID) -> Iterator[bytes]:
+    from uploads.storage import UPLOADS_BUCKET, upload_file_id  # the uploads app owns the convention
 
+    return _chunks(bucket_name=UPLOADS_BUCKET, file_id=upload_file_id(upload_id), what=f"upload {upload_id}")
+
+
+def result_chunks(*, result_id: UUID) -> Iterator[bytes]:
+    """Checked before the response starts, so a missing file is a 503, not a truncated body."""
     try:
-        return upload_file_open(upload_id=upload_id)
-    except gridfs.errors.NoFile as exc:
-        raise Unavailable("a stored upload's bytes are missing from the file store") from exc
+        present = mongo_db()[f"{RESULTS_BUCKET}.files"].find_one({"_id": str(result_id)}, {"_id": 1})
     except PyMongoError as exc:
         raise Unavailable("the file store is unavailable") from exc
-
-
-def read_chunks(grid_out: GridOut) -> Iterator[bytes]:
-    """One GridFS chunk at a time: memory holds a chunk, never the file."""
-    try:
-        while chunk := grid_out.readchunk():
-            yield chunk
-    finally:
-        grid_out.close()
+    if present is None:
+        raise Unavailable("the result's bytes are not readable right now")
+    return _chunks(bucket_name=RESULTS_BUCKET, file_id=str(result_id), what=f"result {result_id}")

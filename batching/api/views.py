@@ -23,7 +23,7 @@ from batching.api.serializers import (
     ResultOutput,
 )
 from batching.archive import archive_chunks, group_archive
-from batching.filestore import read_chunks, result_open
+from batching.filestore import result_chunks
 from batching.models import LeaseEnd
 from batching.selectors import group_get_for, group_list, result_get_for, result_latest
 from batching.streaming import streamed_attachment
@@ -116,6 +116,6 @@ class ResultDetailApi(APIView):
 class ResultContentApi(APIView):
     def get(self, request: Request, result_id: UUID) -> StreamingHttpResponse:
         result = result_get_for(user=_user(request), result_id=result_id)
-        return streamed_attachment(request=request, chunks=read_chunks(result_open(result_id=result.id)),
+        return streamed_attachment(request=request, chunks=result_chunks(result_id=result.id),
                                    filename=result.filename, content_type="application/octet-stream",
                                    length=result.size)
