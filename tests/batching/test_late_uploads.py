@@ -4,6 +4,8 @@ late placement is a `group.late_upload` event on the group it joined."""
 
 from __future__ import annotations
 
+import io
+import json
 from datetime import datetime, timedelta
 
 import pytest
@@ -14,7 +16,9 @@ from batching.models import Group, GroupStatus
 from batching.services import group_for_upload
 from batching.windows import window_bounds
 from poolhub.errors import Conflict
-from uploads.models import Event
+from tests.conftest import error_code
+from uploads.models import Event, Upload
+from uploads.staging import staging_used_bytes
 
 pytestmark = pytest.mark.django_db
 
@@ -136,3 +140,33 @@ def test_a_late_upload_never_lands_in_a_group_that_is_being_exported() -> None:
     for minute in range(5):
         joined = group_for_upload(pool=pool, timestamp=start + timedelta(minutes=minute))
         assert joined.window_start == current_start
+
+
+def test_the_upload_endpoint_answers_409_late_upload_and_keeps_nothing(api, pool, contributor):
+    pool.late_policy = LatePolicy.REJECT
+    pool.save()
+    late = (timezone.now() - timedelta(hours=3)).isoformat()
+    payload = io.BytesIO(b"PHUB-UPDATE\x00" + b"x" * 1000)
+    payload.name = "late.bin"
+    response = api(contributor).post(f"/api/v1/pools/{pool.id}/uploads", {"file": payload, "timestamp": late},
+                                     format="multipart")
+    assert (response.status_code, error_code(response)) == (409, "late_upload")
+    assert not Upload.objects.exists()
+    assert not Event.objects.exists()
+    assert staging_used_bytes() == 0
+
+
+def test_a_batch_with_one_late_item_is_refused_whole(api, pool, contributor):
+    pool.late_policy = LatePolicy.REJECT
+    pool.save()
+    now = timezone.now()
+    items = {"late": now - timedelta(hours=3), "fresh": now}
+    manifest = {"items": [{"file": name, "timestamp": at.isoformat()} for name, at in items.items()]}
+    body: dict[str, object] = {"manifest": json.dumps(manifest)}
+    for name in items:
+        body[name] = io.BytesIO(b"PHUB-UPDATE\x00" + name.encode() * 100)
+        body[name].name = f"{name}.bin"  # type: ignore[attr-defined]
+    response = api(contributor).post(f"/api/v1/pools/{pool.id}/batches", body, format="multipart")
+    assert (response.status_code, error_code(response)) == (409, "late_upload")
+    assert [item["file"] for item in response.json()["error"]["details"]["items"]] == ["late"]
+    assert not Upload.objects.exists()
