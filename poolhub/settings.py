@@ -234,6 +234,7 @@ POOLHUB_STORE_MAX_ATTEMPTS = 3
 # Uploads (docs/uploads.md): store retry backoff base (x2 per attempt, with jitter), re-drive of
 # uploads left `cached`, allowed clock skew for `timestamp`, idempotency keys kept >= 24 h.
 POOLHUB_STORE_RETRY_BASE_SECONDS = env_int("POOLHUB_STORE_RETRY_BASE_SECONDS", 10)
+POOLHUB_STORE_LOCK_SECONDS = env_int("POOLHUB_STORE_LOCK_SECONDS", 30)  # renewed per chunk; lapses if a worker dies
 POOLHUB_STUCK_CACHED_SECONDS = env_int("POOLHUB_STUCK_CACHED_SECONDS", 900)
 POOLHUB_TIMESTAMP_MAX_FUTURE_SECONDS = env_int("POOLHUB_TIMESTAMP_MAX_FUTURE_SECONDS", 600)
 POOLHUB_IDEMPOTENCY_TTL_SECONDS = env_int("POOLHUB_IDEMPOTENCY_TTL_SECONDS", 2 * 86400)

@@ -13,6 +13,7 @@ before any byte moves, so a killed worker's attempt counts too), `upload.store_f
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import random
 import uuid
@@ -45,7 +46,7 @@ from uploads.staging import (
     staging_read,
     staging_touch,
 )
-from uploads.storage import upload_file_remove, upload_file_sha256, upload_file_write
+from uploads.storage import upload_file_iter, upload_file_remove, upload_file_sha256, upload_file_write
 
 logger = logging.getLogger(__name__)
 
@@ -199,7 +200,7 @@ def store_backoff(*, attempt: int) -> float:
 
 
 def _lock_seconds() -> int:
-    return int(getattr(settings, "POOLHUB_STORE_LOCK_SECONDS", 60))
+    return int(getattr(settings, "POOLHUB_STORE_LOCK_SECONDS", 30))
 
 
 def upload_store(*, upload_id: UUID | str) -> StoreResult:
@@ -210,7 +211,7 @@ def upload_store(*, upload_id: UUID | str) -> StoreResult:
     """
     lock = redis_client().lock(f"poolhub:uploads:storing:{upload_id}", timeout=_lock_seconds(), blocking=False)
     if not lock.acquire():
-        return StoreResult(StoreOutcome.BUSY, retry_in=float(_lock_seconds()))
+        return StoreResult(StoreOutcome.BUSY, retry_in=_lock_seconds() * random.uniform(0.5, 1.5))
     try:
         return _store_locked(upload_id=upload_id, renew=lambda: lock.extend(_lock_seconds(), replace_ttl=True))
     finally:
@@ -277,9 +278,18 @@ def _store_bytes(*, upload: Upload, renew: Any) -> None:
                       metadata={"pool": str(upload.pool_id), "uploader": str(upload.uploader_id),
                                 "sha256": upload.sha256, "content_type": upload.content_type})
     renew()
-    if upload_file_sha256(upload_id=upload.id) != upload.sha256:
+    if _gridfs_sha256(upload_id=upload.id, renew=renew) != upload.sha256:
         upload_file_remove(upload_id=upload.id)
         raise StoreError("the stored file's sha256 differs from the upload's")
+
+
+def _gridfs_sha256(*, upload_id: UUID, renew: Any) -> str:
+    """Read back what GridFS holds (renewing the lock as it goes: a 64 MB read-back takes a while)."""
+    digest = hashlib.sha256()
+    for chunk in upload_file_iter(upload_id=upload_id):
+        renew()
+        digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _stored(*, upload_id: UUID) -> None:

@@ -35,16 +35,9 @@ def fail_point(mode: Any, **data: Any) -> None:
 
 @pytest.fixture
 def store_down() -> Iterator[None]:
-    """Every write refused (error 2; 91 "shutting down" behaves the same but makes the driver
-    rediscover the server for seconds on each try)."""
+    """Every write refused. (tests/uploads/test_e2e.py uses error 91, "shutting down", with a real
+    worker; it behaves the same but makes the driver rediscover the server for seconds each try.)"""
     fail_point("alwaysOn", failCommands=["insert"], errorCode=2)
-    yield
-    fail_point("off")
-
-
-@pytest.fixture
-def store_shutting_down() -> Iterator[None]:
-    fail_point("alwaysOn", failCommands=["insert"], errorCode=91)
     yield
     fail_point("off")
 
@@ -61,7 +54,7 @@ def accept(api, pool, user, data, capture) -> Upload:
 
 
 def test_store_down_gives_three_attempts_then_failed_with_bytes_kept(
-        api, pool, contributor, store_shutting_down, django_capture_on_commit_callbacks):
+        api, pool, contributor, store_down, django_capture_on_commit_callbacks):
     data = payload(400 * 1024)
     upload = accept(api, pool, contributor, data, django_capture_on_commit_callbacks)
     upload.refresh_from_db()
