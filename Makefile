@@ -12,11 +12,23 @@ $(STAMP): requirements.txt requirements-dev.txt
 	@rm -f $(VENV)/.installed-*
 	@touch $(STAMP)
 
+# The client SDK and the `poolhub` command (client/), installed editable into .venv.
+CLIENT_STAMP := $(VENV)/.client-installed
+$(CLIENT_STAMP): $(STAMP) client/pyproject.toml
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e client
+	@touch $(CLIENT_STAMP)
+
 run: $(STAMP)
 	$(BIN)/python -m poolhub.launcher
 
-test: $(STAMP)
+test: $(STAMP) $(CLIENT_STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# A whole round against a running `make run`: POOLHUB_URL (default http://127.0.0.1:8000), the admin from
+# POOLHUB_ADMIN_USERNAME / POOLHUB_ADMIN_PASSWORD. DEMO_ARGS=--clients 200 for a bigger pool.
+DEMO_ARGS ?= --clients 50
+demo: $(CLIENT_STAMP)
+	$(BIN)/poolhub --url "$${POOLHUB_URL:-http://127.0.0.1:8000}" simulate $(DEMO_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
