@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime
+from uuid import UUID
 
 from django.db import transaction
 
@@ -34,7 +35,7 @@ def group_state(events: Iterable[Event]) -> tuple[str, int, datetime | None]:
     return str(status), version, closed_at
 
 
-def group_rebuild(*, group_id: object) -> bool:
+def group_rebuild(*, group_id: UUID | str) -> bool:
     """Rebuild one group's projection; True if anything changed."""
     with transaction.atomic():
         group = Group.objects.select_for_update().get(id=group_id)

@@ -48,6 +48,12 @@ def _append(group: Group, type: str, data: dict[str, Any]) -> Any:
     return event
 
 
+def _closed_at(group: Group, at: datetime) -> None:
+    """`closed_at` is the time of the `group.closed` event, so a rebuild from the log matches it."""
+    group.closed_at = at
+    group.save(update_fields=["closed_at"])
+
+
 # --- windows and late uploads -------------------------------------------------------------------
 
 def group_is_due(*, group: Group, pool: Pool, now: datetime) -> bool:
@@ -143,9 +149,9 @@ def group_close(*, group_id: UUID | str, reason: str) -> Group:
         if group.status != GroupStatus.OPEN:
             return group
         group.status = GroupStatus.CLOSED
-        group.closed_at = _now()
         group.hold_until = None
         event = _append(group, "group.closed", {"group": str(group.id)})
+        _closed_at(group, event.at)
         webhooks.webhook_schedule(group=group, event_seq=event.seq, reason=reason)
     logger.info("group %s closed (%s)", group.id, reason)
     return group
@@ -379,7 +385,7 @@ def group_reexport(*, group_id: UUID | str) -> Group:
             raise Conflict("the group is still open; close it instead")
         _revoke_leases(group, _now())
         group.status = GroupStatus.CLOSED
-        group.closed_at = _now()
         event = _append(group, "group.closed", {"group": str(group.id)})
+        _closed_at(group, event.at)
         webhooks.webhook_schedule(group=group, event_seq=event.seq, reason="reexport")
     return group
