@@ -20,7 +20,7 @@ def iso(minutes_before: int) -> str:
 
 
 def post_batch(client, pool, files: dict[str, bytes], items: list[dict], headers=None):
-    form = {"manifest": json.dumps({"items": items})}
+    form: dict[str, object] = {"manifest": json.dumps({"items": items})}
     form.update({field: named(data, f"{field}.bin") for field, data in files.items()})
     return client.post(f"/api/v1/pools/{pool.id}/batches", form, format="multipart", headers=headers or {})
 

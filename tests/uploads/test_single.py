@@ -178,4 +178,5 @@ def test_upload_joins_its_window_group(api, pool, contributor):
     body = post_upload(api(contributor), pool, payload(100)).json()
     upload = Upload.objects.get(id=body["id"])
     assert body["group"] == str(upload.group_id)
+    assert upload.group is not None
     assert upload.group.window_start <= upload.timestamp < upload.group.window_end

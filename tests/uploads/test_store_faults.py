@@ -123,7 +123,7 @@ def test_orphan_chunks_of_an_interrupted_try_are_removed_first(
 def test_replayed_store_task_is_a_no_op(api, pool, contributor, django_capture_on_commit_callbacks):
     upload = accept(api, pool, contributor, payload(1000, seed=5), django_capture_on_commit_callbacks)
     before = (event_types(upload), gridfs_counts())
-    assert store_upload.apply(args=[str(upload.id)]).get() == "nothing_to_do"
+    assert store_upload.apply(args=(str(upload.id),)).get() == "nothing_to_do"
     upload.refresh_from_db()
     assert upload.status == "stored"
     assert upload.attempts == 1
