@@ -147,16 +147,14 @@ class GatewayConsumer(AsyncJsonWebsocketConsumer):
             raise BadRequest("after: an event seq (an integer >= 0)", details={"fields": {"after": ["invalid"]}})
         await self._sync_groups()
         user = self._user()
-        count, last = 0, after
-        while True:
-            frames = await database_sync_to_async(gateway.notifications_page)(
-                user=user, pool_ids=self.pools, after=last)
+        count, last, cursor, more = 0, after, after, True
+        while more:
+            frames, cursor, more = await database_sync_to_async(gateway.notifications_page)(
+                user=user, pool_ids=self.pools, after=cursor)
             for frame in frames:
                 await self._deliver(frame, replay=True)
                 last = int(frame["seq"])
                 count += 1
-            if len(frames) < gateway.RESUME_PAGE:
-                break
         return {"type": "resumed", "after": after, "last_seq": last, "count": count}
 
     async def _on_history(self, content: dict[str, Any]) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from accounts.api.serializers import UserOutput
 from accounts.models import User
 from accounts.selectors import pool_access, pool_roles_for_user, user_is_admin
 from accounts.tokens import access_token_is_denied
-from notifications.selectors import notifications_after
+from notifications.selectors import notification_events, notifications_for
 from poolhub.errors import ApiError, Unavailable
 from uploads.api.serializers import UploadOutput
 from uploads.selectors import upload_list
@@ -64,16 +64,14 @@ def user_pool_ids(*, user: User) -> set[str]:
     return {str(pool_id) for pool_id in pool_roles_for_user(user=user)}
 
 
-def notifications_page(*, user: User, pool_ids: set[str], after: int) -> list[dict[str, Any]]:
-    """Up to RESUME_PAGE notifications for `user` after `after`, in seq order."""
-    frames = notifications_after(user_id=user.pk, is_admin=user_is_admin(user=user), pool_ids=pool_ids,
-                                 after=after, chunk_size=RESUME_PAGE)
-    page = []
-    for frame in frames:
-        page.append(frame)
-        if len(page) == RESUME_PAGE:
-            break
-    return page
+def notifications_page(*, user: User, pool_ids: set[str], after: int) -> tuple[list[dict[str, Any]], int, bool]:
+    """The notifications for `user` among the next RESUME_PAGE candidate events after `after`:
+    (frames in seq order, the last seq looked at, whether more may follow)."""
+    is_admin = user_is_admin(user=user)
+    events = list(notification_events(user_id=user.pk, is_admin=is_admin, pool_ids=pool_ids,
+                                      after=after)[:RESUME_PAGE])
+    frames = list(notifications_for(events=events, user_id=user.pk, is_admin=is_admin, pool_ids=pool_ids))
+    return frames, (events[-1].seq if events else after), len(events) == RESUME_PAGE
 
 
 def history(*, user: User, pool_id: Any) -> list[dict[str, Any]]:

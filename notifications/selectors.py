@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
-from django.db.models import Q
+from django.db.models import Q, QuerySet
 
 from uploads.models import Event
 
@@ -89,22 +89,24 @@ def notification_audience(*, event: Event) -> Audience:
     return Audience()
 
 
-def notifications_after(*, user_id: UUID | str, is_admin: bool, pool_ids: Iterable[UUID | str], after: int,
-                        chunk_size: int = 500) -> Iterator[dict[str, Any]]:
-    """Every notification for this user with `seq > after`, in `seq` order, from the event log.
-
-    The database filter is a superset (by type, uploader, pool); the audience rule decides,
-    the same one that routes live pushes.
-    """
-    pools = {str(p) for p in pool_ids}
+def notification_events(*, user_id: UUID | str, is_admin: bool, pool_ids: Iterable[UUID | str],
+                        after: int) -> QuerySet[Event]:
+    """The events after `after` that may notify this user, in `seq` order: a superset by type,
+    uploader and pool; `notifications_for` applies the exact rule."""
     upload_events = Q(type__startswith=UPLOAD_PREFIX)
     if not is_admin:
         upload_events &= Q(user_id=user_id)
-    pool_events = Q(type__in=POOL_EVENT_TYPES, pool_id__in=pools)
-    events = Event.objects.filter(upload_events | pool_events, seq__gt=after).order_by("seq")
-    for event in events.iterator(chunk_size=chunk_size):
-        if not notification_audience(event=event).includes(user_id=str(user_id), is_admin=is_admin, pool_ids=pools):
-            continue
-        frame = notification_for_event(event=event)
-        if frame is not None:
-            yield frame
+    pool_events = Q(type__in=POOL_EVENT_TYPES, pool_id__in=[str(p) for p in pool_ids])
+    return Event.objects.filter(upload_events | pool_events, seq__gt=after).order_by("seq")
+
+
+def notifications_for(*, events: Iterable[Event], user_id: UUID | str, is_admin: bool,
+                      pool_ids: Iterable[UUID | str]) -> Iterator[dict[str, Any]]:
+    """The frames these events push to this user, in order: the live pushes' audience rule and
+    builder, applied to the log."""
+    pools = {str(p) for p in pool_ids}
+    for event in events:
+        if notification_audience(event=event).includes(user_id=str(user_id), is_admin=is_admin, pool_ids=pools):
+            frame = notification_for_event(event=event)
+            if frame is not None:
+                yield frame

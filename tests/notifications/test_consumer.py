@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from datetime import timedelta
 
 import pytest
@@ -245,4 +247,42 @@ async def test_history_of_a_pool_the_caller_is_not_in_is_not_found(pool, contrib
     assert reply["type"] == "error" and reply["code"] == "not_found" and reply["request_id"] == "h"
     assert await socket.ask({"type": "get-history", "pool": str(pool.id)}) == {
         "type": "history", "uploads": []}
+    await socket.close()
+
+
+async def test_a_fresh_token_keeps_the_socket_open_past_the_first_ones_expiry(pool, contributor):
+    def short_lived() -> AccessToken:
+        token = AccessToken.for_user(contributor)
+        token.set_exp(lifetime=timedelta(seconds=2))
+        return token
+
+    first = await run(short_lived)
+    socket = Socket()
+    await socket.open()
+    assert (await socket.ask({"type": "connect", "access_token": str(first)}))["type"] == "connected"
+    fresh = await run(access_for, user=contributor)
+    assert (await socket.ask({"type": "connect", "access_token": fresh, "request_id": "again"}))["type"] == "connected"
+    await asyncio.sleep(max(0.0, int(first["exp"]) - time.time()) + 1)  # the first token is dead now
+    assert (await socket.ask({"type": "alive"}))["type"] == "alive"
+    event = await run(group_closed, pool_id=pool.id)
+    assert [p["seq"] for p in await socket.pushes_until(event.seq)] == [event.seq]
+    await socket.close()
+
+
+async def test_resume_pages_through_a_long_gap(pool, contributor, monkeypatch):
+    from notifications import gateway
+    from tests.notifications.conftest import FakeStream, _append
+
+    monkeypatch.setattr(gateway, "RESUME_PAGE", 3)
+    expected = []
+    for index in range(4):
+        expected.append((await run(group_closed, pool_id=pool.id)).seq)
+        for _ in range(3):  # upload events that change no status notify nobody, even in a full page
+            await run(_append, stream_type="upload", type_="upload.noted", data={"index": index},
+                      pool_id=pool.id, user_id=contributor.pk, stream=FakeStream())
+        expected.append((await run(upload_event, uploader=contributor, pool_id=pool.id)).seq)
+    socket = await connected(contributor)
+    frames = await socket.resume(0)
+    assert [f["seq"] for f in frames[:-1]] == expected
+    assert frames[-1]["count"] == len(expected)
     await socket.close()
