@@ -16,7 +16,10 @@ from uploads.staging import StagingWriter, _policy_verdict, staging_read, stagin
 
 
 @pytest.fixture
-def evicting_redis() -> Iterator[None]:
+def evicting_redis(settings) -> Iterator[None]:
+    """The policy is server-wide: only flip it on the embedded Redis this test run owns."""
+    if not settings.REDIS_URL.startswith("unix://"):
+        pytest.skip("would change the eviction policy of a Redis shared with others")
     client = redis_client()
     _policy_verdict.cache_clear()
     client.config_set("maxmemory-policy", "allkeys-lru")
