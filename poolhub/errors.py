@@ -122,6 +122,10 @@ def _describe(exc: exceptions.APIException) -> tuple[str, str, dict[str, Any]]:
     return code, str(message), {}
 
 
+# The public name: the websocket consumer renders errors with the same codes and messages.
+describe_error = _describe
+
+
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     if isinstance(exc, Http404):
         exc = NotFound()

@@ -185,6 +185,8 @@ REST_FRAMEWORK = {
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
     "DEFAULT_THROTTLE_RATES": {
         "auth": env_str("THROTTLE_AUTH", "30/min"),
+        # Refresh tokens cannot be guessed, and a fleet behind one NAT refreshes often: its own rate.
+        "refresh": env_str("THROTTLE_REFRESH", "600/min"),
         "uploads": env_str("THROTTLE_UPLOADS", "600/min"),
     },
     "UNAUTHENTICATED_USER": None,

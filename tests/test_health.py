@@ -149,3 +149,34 @@ def test_docs_page_loads_its_assets_from_this_server() -> None:
     assert "swagger" in page.lower()
     assert "/api/v1/schema/" in page
     assert "cdn" not in page.lower()
+
+
+@pytest.mark.django_db
+def test_redis_down_means_503_not_a_crash(api: Any, listener: Any) -> None:
+    """Every authenticated request checks the logout denylist in Redis: without it, say so and retry."""
+    client = api(listener)
+
+    with pointed_at("REDIS_URL", f"redis://127.0.0.1:{free_port()}/0"):
+        response = client.get("/api/v1/auth/validate")
+
+    assert response.status_code == 503
+    assert error_code(response) == "unavailable"
+    assert int(response["Retry-After"]) > 0
+    assert client.get("/api/v1/auth/validate").status_code == 200
+
+
+@pytest.mark.django_db
+def test_a_crash_in_a_view_is_a_json_500_without_internals(api: Any, listener: Any,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(**kwargs: Any) -> None:
+        raise RuntimeError("secret internals")
+
+    monkeypatch.setattr("accounts.selectors.pool_list", broken)
+    client = api(listener)
+    client.raise_request_exception = False
+
+    response = client.get("/api/v1/pools")
+
+    assert response.status_code == 500
+    assert error_code(response) == "server_error"
+    assert "secret internals" not in response.content.decode()

@@ -33,12 +33,18 @@ from poolhub.errors import Forbidden
 
 
 class AuthThrottle(SimpleRateThrottle):
-    """Per client address, for the endpoints that take passwords or refresh tokens."""
+    """Per client address, for the endpoints that take passwords (signup, login)."""
 
     scope = "auth"
 
     def get_cache_key(self, request: Request, view: APIView) -> str:
         return self.cache_format % {"scope": self.scope, "ident": self.get_ident(request)}
+
+
+class RefreshThrottle(AuthThrottle):
+    """Per client address too, at a rate that lets many clients behind one NAT keep their sessions."""
+
+    scope = "refresh"
 
 
 def _valid(serializer_class: type[Any], data: Any, **kwargs: Any) -> dict[str, Any]:
@@ -83,7 +89,7 @@ class LoginApi(APIView):
 class RefreshApi(APIView):
     permission_classes = [AllowAny]
     authentication_classes: list[Any] = []
-    throttle_classes = [AuthThrottle]
+    throttle_classes = [RefreshThrottle]
 
     @extend_schema(request=RefreshInput, responses={200: TokenPairOutput, **_errors(400, 401, 429)}, auth=[])
     def post(self, request: Request) -> Response:

@@ -9,7 +9,7 @@ import pytest
 from django.core.cache import cache
 from rest_framework.test import APIClient
 
-from accounts.api.views import AuthThrottle
+from accounts.api.views import AuthThrottle, RefreshThrottle
 from accounts.models import User
 from tests.conftest import PASSWORD, error_code, make_user
 
@@ -82,3 +82,24 @@ def test_authenticated_endpoints_are_not_auth_throttled(three_per_minute: None, 
     client = api(user)
     for _ in range(5):
         assert client.get("/api/v1/auth/validate").status_code == 200
+
+
+def test_refresh_has_its_own_higher_rate(three_per_minute: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fleet behind one address keeps refreshing after the password endpoints are throttled."""
+    monkeypatch.setattr(RefreshThrottle, "THROTTLE_RATES", {**RefreshThrottle.THROTTLE_RATES, "refresh": "5/min"})
+    make_user("station-1")
+    client = APIClient()
+    refresh = login(client).json()["refresh"]
+    for _ in range(3):
+        login(client, "wrong-password")
+    assert login(client).status_code == 429
+
+    for _ in range(5):
+        response = client.post("/api/v1/auth/refresh", {"refresh": refresh}, format="json")
+        assert response.status_code == 200
+        refresh = response.json()["refresh"]
+    throttled = client.post("/api/v1/auth/refresh", {"refresh": refresh}, format="json")
+
+    assert throttled.status_code == 429
+    assert error_code(throttled) == "throttled"
+    assert int(throttled["Retry-After"]) >= 1
