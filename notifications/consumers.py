@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import time
@@ -35,6 +36,10 @@ BEARER_PREFIX = "bearer."
 CLOSE_UNAUTHENTICATED = 4401  # bad, expired, revoked or missing credentials
 CLOSE_AUTH_TIMEOUT = 4408  # no credentials within the deadline
 _DELIVERED_MEMORY = 10_000  # seqs remembered per socket, so a push and its replay arrive once
+
+# Sync work (ORM, Redis) runs in the executor's threads, not in the one thread Django keeps for
+# thread-sensitive code: sockets of one process do not queue behind each other's chunks.
+in_thread = functools.partial(database_sync_to_async, thread_sensitive=False)
 
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any] | None]]
 
@@ -149,7 +154,7 @@ class GatewayConsumer(AsyncJsonWebsocketConsumer):
         user = self._user()
         count, last, cursor, more = 0, after, after, True
         while more:
-            frames, cursor, more = await database_sync_to_async(gateway.notifications_page)(
+            frames, cursor, more = await in_thread(gateway.notifications_page)(
                 user=user, pool_ids=self.pools, after=cursor)
             for frame in frames:
                 await self._deliver(frame, replay=True)
@@ -158,32 +163,32 @@ class GatewayConsumer(AsyncJsonWebsocketConsumer):
         return {"type": "resumed", "after": after, "last_seq": last, "count": count}
 
     async def _on_history(self, content: dict[str, Any]) -> dict[str, Any]:
-        uploads = await database_sync_to_async(gateway.history)(user=self._user(), pool_id=content.get("pool"))
+        uploads = await in_thread(gateway.history)(user=self._user(), pool_id=content.get("pool"))
         return {"type": "history", "uploads": uploads}
 
     async def _on_start_transfer(self, content: dict[str, Any]) -> dict[str, Any]:
-        started = await database_sync_to_async(transfers.transfer_start)(user=self._user(), frame=content)
+        started = await in_thread(transfers.transfer_start)(user=self._user(), frame=content)
         return {"type": "transfer-started", **started}
 
     async def _on_write_chunk(self, content: dict[str, Any]) -> dict[str, Any]:
-        acked = await database_sync_to_async(transfers.transfer_write)(
+        acked = await in_thread(transfers.transfer_write)(
             user=self._user(), frame=content, writers=self.writers)
         return {"type": "chunk-ack", **acked}
 
     async def _on_complete_upload(self, content: dict[str, Any]) -> dict[str, Any]:
-        upload = await database_sync_to_async(transfers.transfer_complete)(
+        upload = await in_thread(transfers.transfer_complete)(
             user=self._user(), frame=content, writers=self.writers)
         return {"type": "upload-accepted", "upload": upload}
 
     async def _on_get_transfer(self, content: dict[str, Any]) -> dict[str, Any]:
-        state = await database_sync_to_async(transfers.transfer_status)(user=self._user(), frame=content)
+        state = await in_thread(transfers.transfer_status)(user=self._user(), frame=content)
         return {"type": "transfer", **state}
 
     # --- authentication ---------------------------------------------------------------------
 
     async def _authenticate(self, *, token: str, request_id: Any) -> None:
         try:
-            user, claims = await database_sync_to_async(gateway.socket_authenticate)(token=token)
+            user, claims = await in_thread(gateway.socket_authenticate)(token=token)
         except ApiError as exc:
             await self._refuse(exc.code, exc.message, request_id=request_id)
             return
@@ -198,7 +203,7 @@ class GatewayConsumer(AsyncJsonWebsocketConsumer):
         await self.send_json(reply)
 
     async def _token_revoked(self) -> bool:
-        return bool(self.jti) and await database_sync_to_async(gateway.jti_is_denied)(jti=self.jti)
+        return bool(self.jti) and await in_thread(gateway.jti_is_denied)(jti=self.jti)
 
     def _set_timer(self, coroutine: Awaitable[None]) -> None:
         if self.timer is not None:
@@ -230,7 +235,7 @@ class GatewayConsumer(AsyncJsonWebsocketConsumer):
     async def _sync_groups(self) -> None:
         """Join the user's groups (again: joining refreshes their expiry), leave pools they left."""
         user = self._user()
-        self.pools = await database_sync_to_async(gateway.user_pool_ids)(user=user)
+        self.pools = await in_thread(gateway.user_pool_ids)(user=user)
         wanted = {user_group(user.pk), *(pool_group(p) for p in self.pools)}
         if self.is_admin:
             wanted.add(ADMINS_GROUP)
