@@ -15,6 +15,7 @@ import secrets
 import shutil
 import socket
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,10 +23,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from poolhub_client.aio import AsyncPoolhubClient, Listener
 from poolhub_client.archive import archive_upload_ids, xor_bytes, xor_files
 from poolhub_client.client import PoolhubClient
-from poolhub_client.errors import Conflict, PoolhubError
+from poolhub_client.errors import Conflict, PoolhubError, TransportError
 from poolhub_client.exporter import Exporter
 from poolhub_client.outbox import Outbox
 from poolhub_client.progress import human
@@ -131,6 +134,8 @@ class Simulation:
         self.accepted: dict[str, dict[str, Any]] = {}  # upload id -> {group, data}
         self.exports: dict[str, set[str]] = {}  # group -> upload ids present in its archive
         self.limit = asyncio.Semaphore(config.concurrency)
+        self.signups = asyncio.Semaphore(min(4, config.concurrency))
+        self.lock = threading.Lock()
         self.workdir = config.workdir or Path(tempfile.mkdtemp(prefix="poolhub-sim-"))
         self.admin = AsyncPoolhubClient(config.url, max_retries=8)
 
@@ -149,10 +154,17 @@ class Simulation:
 
     async def _join(self, index: int, kind: str) -> Member:
         role = {"contributor": "contributor", "offline": "contributor", "exporter": "exporter"}.get(kind, "listener")
-        client = AsyncPoolhubClient(self.config.url, max_retries=10, max_retry_wait=90)
+        # Password hashing is deliberately slow on the server: a generous timeout, few at a time.
+        client = AsyncPoolhubClient(self.config.url, max_retries=10, max_retry_wait=90,
+                                    timeout=httpx.Timeout(120.0, connect=10.0))
         username = f"sim-{self.run_id}-{kind}-{index}"
+        password = secrets.token_urlsafe(18)
+        async with self.signups:
+            try:
+                await client.signup(username, password)
+            except TransportError:  # the answer was lost, not necessarily the signup: log in instead
+                await client.login(username, password)
         async with self.limit:
-            await client.signup(username, secrets.token_urlsafe(18))
             await self.admin.add_member(self.report.pool, username, role)
         return Member(username=username, role=role, kind=kind, client=client)
 
@@ -165,7 +177,11 @@ class Simulation:
         mix = self._mix()
         self.say(f"pool {name}: signing up {len(mix)} simulated members "
                  "(the server's auth rate limit may pause this; the client waits as Retry-After says)")
-        self.members = list(await asyncio.gather(*(self._join(i, kind) for i, kind in enumerate(mix))))
+        joined = await asyncio.gather(*(self._join(i, kind) for i, kind in enumerate(mix)), return_exceptions=True)
+        self.members = [member for member in joined if isinstance(member, Member)]
+        failures = [outcome for outcome in joined if isinstance(outcome, BaseException)]
+        if failures:
+            raise failures[0]
         self.report.members = len(self.members)
 
     # -- listening -----------------------------------------------------------------------------
@@ -197,9 +213,10 @@ class Simulation:
     # -- uploading -----------------------------------------------------------------------------
 
     def _record(self, upload: dict[str, Any], data: bytes) -> None:
-        self.accepted[str(upload["id"])] = {"group": str(upload.get("group")), "data": data}
-        self.report.uploads += 1
-        self.report.bytes += len(data)
+        with self.lock:  # offline clients record from their threads
+            self.accepted[str(upload["id"])] = {"group": str(upload.get("group")), "data": data}
+            self.report.uploads += 1
+            self.report.bytes += len(data)
 
     async def _contribute(self, member: Member, now: datetime) -> None:
         data = _payload(self.config.file_size, member.username)
@@ -216,9 +233,11 @@ class Simulation:
             data = _payload(self.config.file_size, f"{member.username}-{k}")
             stamp = now - timedelta(seconds=k * self.config.window_seconds)
             blobs[box.add(self.report.pool, data, timestamp=stamp, filename=f"update-{k}.bin").sha256] = data
-        self.report.offline_queued += len(blobs)
         with PoolhubClient(_closed_port(), max_retries=0) as offline:
-            self.report.offline_held_while_down += box.flush(offline).pending
+            held = box.flush(offline).pending
+        with self.lock:
+            self.report.offline_queued += len(blobs)
+            self.report.offline_held_while_down += held
         with PoolhubClient(self.config.url, token_state=member.client.state, max_retries=8) as online:
             report = box.flush(online)
         if report.pending or report.rejected:
@@ -353,12 +372,12 @@ class Simulation:
 
 
 async def simulate(config: SimulationConfig, say: Callable[[str], None] = print) -> SimulationReport:
+    simulation = Simulation(config, say)
     try:
-        return await Simulation(config, say).run()
+        return await simulation.run()
     except PoolhubError as exc:
-        report = SimulationReport()
-        report.problems.append(f"the simulation stopped: {exc}")
-        return report
+        simulation.report.problems.append(f"the simulation stopped: {exc}")
+        return simulation.report
 
 
 def default_admin() -> tuple[str, str]:
