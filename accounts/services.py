@@ -6,6 +6,7 @@ import secrets
 from typing import Any
 
 from django.contrib.auth import authenticate
+from django.contrib.auth.hashers import PBKDF2PasswordHasher, get_hasher, make_password
 from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import IntegrityError, transaction
@@ -152,21 +153,38 @@ def _membership_changed(*, pool: Pool, user_id: Any) -> None:
     transaction.on_commit(lambda: membership_changed(pool_id=pool.id, user_id=user_id))
 
 
+# Provisioned passwords are 144 random bits: no guessing attack gets anywhere whatever the hash
+# cost, so they are stored with a cheap PBKDF2 (thousands of accounts in seconds, not an hour).
+# Django re-hashes each one at full cost on its first login (the iteration count differs).
+_PROVISION_PBKDF2_ITERATIONS = 1000
+
+
+def _random_password_hash(password: str) -> str:
+    hasher = get_hasher()
+    if isinstance(hasher, PBKDF2PasswordHasher):
+        return str(hasher.encode(password, hasher.salt(), iterations=_PROVISION_PBKDF2_ITERATIONS))
+    return make_password(password)
+
+
 def clients_provision(*, pool: Pool, count: int, prefix: str, role: Role | str) -> list[tuple[str, str]]:
     """Create `count` client accounts with random passwords and add them to the pool."""
+    taken = {name.lower() for name in
+             User.objects.filter(username__istartswith=prefix).values_list("username", flat=True)}
     credentials: list[tuple[str, str]] = []
-    taken = set(User.objects.filter(username__startswith=prefix).values_list("username", flat=True))
+    users: list[User] = []
     index = 0
+    while len(users) < count:
+        index += 1
+        username = f"{prefix}{index:05d}"
+        if username.lower() in taken:
+            continue
+        password = secrets.token_urlsafe(18)
+        users.append(User(username=username, password=_random_password_hash(password)))
+        credentials.append((username, password))
     with transaction.atomic():
-        while len(credentials) < count:
-            index += 1
-            username = f"{prefix}{index:05d}"
-            if username in taken:
-                continue
-            password = secrets.token_urlsafe(18)
-            user = User.objects.create_user(username=username, password=password)
-            Membership.objects.create(pool=pool, user=user, role=role)
-            credentials.append((username, password))
+        User.objects.bulk_create(users, batch_size=1000)
+        Membership.objects.bulk_create([Membership(pool=pool, user=user, role=role) for user in users],
+                                       batch_size=1000)
     return credentials
 
 

@@ -6,8 +6,10 @@ import csv
 import stat
 from io import StringIO
 from pathlib import Path
+from typing import Any
 
 import pytest
+from django.contrib.auth.hashers import PBKDF2PasswordHasher
 from django.core.management import CommandError, call_command
 from django.test import Client
 from rest_framework.test import APIClient
@@ -156,3 +158,32 @@ def test_provision_unwritable_file_creates_no_accounts(pool: Pool, tmp_path: Pat
                      "--out", str(tmp_path / "missing-dir" / "c.csv"), stdout=StringIO())
 
     assert User.objects.count() == 0
+
+
+def test_provisioned_passwords_work_with_the_production_hasher(pool: Pool, tmp_path: Path, settings: Any) -> None:
+    """Stored cheaply (they are random), and brought up to full strength by their first login."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.PBKDF2PasswordHasher"]
+    out = tmp_path / "clients.csv"
+    call_command("provision_clients", "--pool", pool.name, "--count", "3", "--out", str(out), stdout=StringIO())
+    row = read_credentials(out)[0]
+
+    response = APIClient().post("/api/v1/auth/login", {"username": row["username"], "password": row["password"]},
+                                format="json")
+
+    assert response.status_code == 200
+    user = User.objects.get(username=row["username"])
+    assert user.password.startswith("pbkdf2_sha256$")
+    assert int(user.password.split("$")[1]) == PBKDF2PasswordHasher.iterations
+    assert user.check_password(row["password"])
+    wrong = APIClient().post("/api/v1/auth/login", {"username": row["username"], "password": row["password"] + "x"},
+                             format="json")
+    assert wrong.status_code == 401
+
+
+def test_provision_does_not_reuse_a_username_in_another_case(pool: Pool, tmp_path: Path) -> None:
+    make_user("CLIENT-00001")
+
+    call_command("provision_clients", "--pool", pool.name, "--count", "1", "--out", str(tmp_path / "c.csv"),
+                 stdout=StringIO())
+
+    assert read_credentials(tmp_path / "c.csv")[0]["username"] == "client-00002"
