@@ -69,6 +69,7 @@ class SimulationReport:
     pool: str = ""
     pool_name: str = ""
     members: int = 0
+    mix: str = ""
     uploads: int = 0
     bytes: int = 0
     upload_seconds: float = 0.0
@@ -90,7 +91,7 @@ class SimulationReport:
         per_second = self.uploads / self.upload_seconds if self.upload_seconds else 0.0
         rows = [
             ("pool", f"{self.pool_name} ({self.pool})"),
-            ("members", str(self.members)),
+            ("members", f"{self.members} ({self.mix})" if self.mix else str(self.members)),
             ("uploads accepted", str(self.uploads)),
             ("bytes uploaded", human(self.bytes)),
             ("upload rate", f"{per_second:.1f} uploads/s, {human(rate)}/s"),
@@ -183,6 +184,8 @@ class Simulation:
         if failures:
             raise failures[0]
         self.report.members = len(self.members)
+        counts = {kind: mix.count(kind) for kind in dict.fromkeys(mix)}
+        self.report.mix = ", ".join(f"{count} {kind}" for kind, count in counts.items())
 
     # -- listening -----------------------------------------------------------------------------
 
