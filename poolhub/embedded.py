@@ -50,6 +50,16 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _port_is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT left by our last run is fine
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
 def _wait_until(check: object, what: str, process: subprocess.Popen[bytes], timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -107,6 +117,10 @@ def start_filestore(data_dir: Path, port: int | None = None, *, test_commands: b
     """Start SecantusDB (MongoDB wire protocol) on 127.0.0.1:port with its files under data_dir."""
     data_dir.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
+    # Readiness is "the port answers": with another server already there we would use its data.
+    if not _port_is_free(port):
+        raise RuntimeError(f"port {port} for the embedded file store is in use; set POOLHUB_FILESTORE_PORT "
+                           "to a free port (or MONGO_URL to a running server)")
     binary = Path(sys.executable).parent / "secantusd-py"
     args = [str(binary), "--host", "127.0.0.1", "--port", str(port), "--storage-path", str(data_dir),
             "--log-level", "WARNING"]
