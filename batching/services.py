@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from typing import IO, Any
 from uuid import UUID, uuid4
 
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from accounts.models import LatePolicy, Pool, User
@@ -24,6 +24,7 @@ from batching.models import Group, GroupStatus, Lease, LeaseEnd, Result
 from batching.selectors import group_lineage, group_upload_counts
 from batching.windows import window_bounds
 from poolhub.errors import BadRequest, Conflict, Forbidden
+from uploads.events import _EVENT_LOG_LOCK as EVENT_LOG_LOCK
 from uploads.events import event_append
 
 logger = logging.getLogger(__name__)
@@ -38,6 +39,15 @@ def _now() -> datetime:
 
 
 def _locked(group_id: UUID | str) -> Group:
+    """The group row, locked for this transaction, after the event log's lock.
+
+    Always in that order: `event_append` holds one advisory lock for the whole log until commit,
+    and an upload's transaction takes it before touching a group row (its insert's foreign-key
+    lock). Locking the group first and the log second would deadlock against it on PostgreSQL.
+    """
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [EVENT_LOG_LOCK])
     return Group.objects.select_for_update().select_related("pool").get(id=group_id)
 
 
