@@ -119,7 +119,10 @@ def _policy_verdict() -> str:
 
 def staging_policy_check() -> None:
     """Refuse to stage into a Redis that may evict (checked once per process)."""
-    verdict = _policy_verdict()
+    try:
+        verdict = _policy_verdict()
+    except redis.RedisError as exc:
+        raise Unavailable("staging is unavailable", retry_after=5) from exc
     if verdict in ("noeviction", "unknown") or getattr(settings, "POOLHUB_STAGING_ALLOW_EVICTION", False):
         return
     raise Unavailable("staging is misconfigured (Redis may evict); uploads are refused", retry_after=300)
@@ -211,6 +214,8 @@ class StagingWriter:
             return
         try:
             _append(key=self.key, chunk=chunk)
+        except redis.exceptions.OutOfMemoryError as exc:  # maxmemory reached (noeviction): back-pressure
+            raise StagingFull(retry_after=_retry_after()) from exc
         except redis.RedisError as exc:
             raise Unavailable("staging is unavailable", retry_after=5) from exc
 

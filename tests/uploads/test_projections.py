@@ -34,3 +34,20 @@ def test_check_reports_a_tampered_projection_and_a_rebuild_repairs_it(some_uploa
     stored.refresh_from_db()
     assert (stored.status, stored.attempts) == ("stored", 1)
     call_command("rebuild_projections", "--check")
+
+
+def test_the_event_log_refuses_update_and_delete_on_postgresql(some_uploads):
+    from django.db import DatabaseError, connection, transaction
+
+    from uploads.models import Event
+
+    if connection.vendor != "postgresql":
+        pytest.skip("the append-only trigger exists on PostgreSQL only")
+    events = Event.objects.filter(stream_type="upload")
+    count = events.count()
+    with pytest.raises(DatabaseError, match="append-only"), transaction.atomic():
+        events.update(type="upload.tampered")
+    with pytest.raises(DatabaseError, match="append-only"), transaction.atomic():
+        events.delete()
+    assert Event.objects.filter(stream_type="upload").count() == count
+    assert not Event.objects.filter(type="upload.tampered").exists()

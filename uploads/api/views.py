@@ -103,10 +103,13 @@ def _upload_response(request: Request, *, pool: Pool, endpoint: str, accept: Acc
         return _fingerprint(_read_form(request, pool=pool, stage=False), endpoint=endpoint, pool=pool)
 
     key = idempotency_key_parse(request.headers.get("Idempotency-Key"))
-    if key is None:
-        outcome, replayed = run(), False
-    else:
-        outcome, replayed = idempotent(user_id=user.id, key=key, run=run, fingerprint=fingerprint)
+    try:
+        if key is None:
+            outcome, replayed = run(), False
+        else:
+            outcome, replayed = idempotent(user_id=user.id, key=key, run=run, fingerprint=fingerprint)
+    except redis.RedisError as exc:
+        raise Unavailable("staging is unavailable; try again shortly") from exc
     response = Response(outcome.body, status=outcome.status)
     if replayed:
         response["Idempotent-Replayed"] = "true"
