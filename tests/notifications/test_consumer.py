@@ -286,3 +286,33 @@ async def test_resume_pages_through_a_long_gap(pool, contributor, monkeypatch):
     assert [f["seq"] for f in frames[:-1]] == expected
     assert frames[-1]["count"] == len(expected)
     await socket.close()
+
+
+async def test_a_pool_push_is_one_group_send_that_reaches_every_members_socket(pool, monkeypatch):
+    from channels.layers import get_channel_layer
+
+    from accounts.models import Membership, Role, User
+
+    def many_members(count: int) -> list[User]:
+        users = User.objects.bulk_create([User(username=f"member-{i:04d}") for i in range(count)])
+        Membership.objects.bulk_create([Membership(pool=pool, user=u, role=Role.LISTENER) for u in users])
+        return users
+
+    members = await run(many_members, count=60)
+    sockets = []
+    for user in members:
+        sockets.append(await connected(user))
+    layer = get_channel_layer()
+    sends: list[str] = []
+    real_group_send = layer.group_send
+
+    async def counting_group_send(group: str, message: dict) -> None:
+        sends.append(group)
+        await real_group_send(group, message)
+
+    monkeypatch.setattr(layer, "group_send", counting_group_send)
+    event = await run(group_closed, pool_id=pool.id)
+    assert len(sends) == 1
+    for socket in sockets:
+        assert [p["seq"] for p in await socket.pushes_until(event.seq)] == [event.seq]
+    await asyncio.gather(*(socket.close() for socket in sockets))
