@@ -26,6 +26,7 @@ from uuid import UUID
 
 import pymongo.errors
 import redis
+from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
@@ -184,7 +185,7 @@ class StoreError(Exception):
 
 
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
-    pymongo.errors.PyMongoError, redis.RedisError, StagingMissing, StoreError, OSError,
+    pymongo.errors.PyMongoError, redis.RedisError, StagingMissing, StoreError, OSError, SoftTimeLimitExceeded,
 )
 
 
@@ -234,6 +235,10 @@ def _store_locked(*, upload_id: UUID | str, renew: Any) -> StoreResult:
                                final=True, count=False)
     try:
         _store_bytes(upload=upload, renew=renew)
+    except redis.exceptions.LockError:
+        # Our lock lapsed (a stall of more than POOLHUB_STORE_LOCK_SECONDS) and another worker may be
+        # storing now: record nothing, come back later; by then it is stored or the lock is free.
+        return StoreResult(StoreOutcome.BUSY, retry_in=_lock_seconds() * random.uniform(0.5, 1.5))
     except TRANSIENT_ERRORS as exc:
         return _attempt_failed(upload_id=upload.id, error=_describe(exc), final=upload.attempts >= _max_attempts())
     _stored(upload_id=upload.id)
