@@ -88,6 +88,8 @@ class GatewayConsumer(AsyncJsonWebsocketConsumer):
     # --- frames from the client ------------------------------------------------------------
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None, **kwargs: Any) -> None:
+        if self.closed:
+            return  # refused and closing: frames already in flight change nothing
         try:
             content = json.loads(text_data) if text_data is not None else None
         except ValueError:

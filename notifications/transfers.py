@@ -23,7 +23,7 @@ from typing import Any
 import redis
 from django.conf import settings
 
-from accounts.models import User
+from accounts.models import Pool, User
 from accounts.selectors import pool_access
 from poolhub.errors import ApiError, BadRequest, Conflict, NotFound, Unavailable
 from poolhub.redis import redis_client
@@ -84,11 +84,28 @@ def _int_field(frame: dict[str, Any], name: str) -> int:
     return value
 
 
-def _touch(client: redis.Redis, transfer_id: str) -> None:
+def max_open() -> int:
+    return int(getattr(settings, "POOLHUB_WS_MAX_OPEN_TRANSFERS", 32))
+
+
+def _user_key(user_id: Any) -> str:
+    """The user's open transfers (id -> deadline): a cap on how many one user may hold."""
+    return f"{PREFIX}user:{user_id}"
+
+
+def _touch(client: redis.Redis, transfer_id: str, user_id: Any) -> None:
     """Push the transfer's deadline out: it expires after a quiet period, not a fixed time."""
     ttl = transfer_ttl()
-    client.zadd(DEADLINES, {transfer_id: time.time() + ttl})
+    deadline = time.time() + ttl
+    client.zadd(DEADLINES, {transfer_id: deadline})
+    client.zadd(_user_key(user_id), {transfer_id: deadline})
+    client.expire(_user_key(user_id), ttl * 2)
     client.expire(_state_key(transfer_id), ttl * 2)  # a backstop; the sweep removes it first
+
+
+def _open_count(client: redis.Redis, user_id: Any) -> int:
+    client.zremrangebyscore(_user_key(user_id), "-inf", time.time())
+    return int(client.zcard(_user_key(user_id)))
 
 
 # --- start ------------------------------------------------------------------------------------
@@ -108,12 +125,15 @@ def transfer_start(*, user: User, frame: dict[str, Any]) -> dict[str, Any]:
     transfers_expire()
     transfer_id = secrets.token_hex(16)
     client = redis_client()
+    if _open_count(client, user.pk) >= max_open():
+        raise Conflict(f"you have {max_open()} transfers open: complete or abandon one first",
+                       details={"open_transfers": max_open()})
     try:
         client.hset(_state_key(transfer_id), mapping={
             "user": str(user.pk), "pool": str(pool.pk), "size": size, "timestamp": timestamp.isoformat(),
             "sha256": sha256 or "", "filename": filename or "upload.bin",
         })
-        _touch(client, transfer_id)
+        _touch(client, transfer_id, user.pk)
     except redis.RedisError as exc:
         raise Unavailable("staging is unavailable") from exc
     return {"transfer_id": transfer_id, "chunk_size": chunk_bytes(), "offset": 0, "size": size}
@@ -154,8 +174,6 @@ def _writer(*, transfer_id: str, state: dict[str, str], writers: Writers) -> Sta
     offset = staging_size(key=transfer_id)
     writer = writers.get(transfer_id)
     if writer is None or writer.size != offset:
-        from accounts.models import Pool
-
         pool = Pool.objects.get(pk=state["pool"])
         writer = StagingWriter.resume(key=transfer_id, max_bytes=max_bytes_for(pool=pool),
                                       allowed_types=pool.allowed_types, filename=state["filename"])
@@ -167,6 +185,9 @@ def transfer_drop(*, transfer_id: str) -> None:
     """Forget a transfer and drop whatever it staged (idempotent)."""
     staging_drop(key=transfer_id)
     client = redis_client()
+    owner = client.hget(_state_key(transfer_id), "user")
+    if owner is not None:
+        client.zrem(_user_key(_text(owner)), transfer_id)
     client.delete(_state_key(transfer_id))
     client.zrem(DEADLINES, transfer_id)
 
@@ -219,7 +240,7 @@ def transfer_write(*, user: User, frame: dict[str, Any], writers: Writers) -> di
         except Exception:
             writers.pop(transfer_id, None)  # its memory may be ahead of staging: reopen next time
             raise
-        _touch(redis_client(), transfer_id)
+        _touch(redis_client(), transfer_id, user.pk)
     return {"transfer_id": transfer_id, "offset": writer.size}
 
 
@@ -262,6 +283,7 @@ def transfer_complete(*, user: User, frame: dict[str, Any], writers: Writers) ->
         client.set(_done_key(transfer_id), f"{user.pk} {upload.pk}", ex=transfer_ttl())
         client.delete(_state_key(transfer_id))  # the staged bytes now belong to the upload
         client.zrem(DEADLINES, transfer_id)
+        client.zrem(_user_key(user.pk), transfer_id)
         writers.pop(transfer_id, None)
     return body
 

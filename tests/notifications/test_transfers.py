@@ -241,3 +241,17 @@ async def test_start_checks_role_membership_and_fields(pool, listener, outsider,
     assert await run(nothing_stored)
     for socket in (reader, stranger, writer):
         await socket.close()
+
+
+async def test_one_user_may_hold_only_so_many_open_transfers(pool, contributor, settings):
+    settings.POOLHUB_WS_MAX_OPEN_TRANSFERS = 2
+    content = payload(100)
+    socket = await connected(contributor)
+    first = (await start(socket, pool, content))["transfer_id"]
+    await start(socket, pool, content)
+    refused = await start(socket, pool, content)
+    assert refused["type"] == "error" and refused["code"] == "conflict"
+    await send_all(socket, first, content)
+    assert (await socket.ask({"type": "complete-upload", "transfer_id": first}))["type"] == "upload-accepted"
+    assert (await start(socket, pool, content))["type"] == "transfer-started"  # a completed one frees a place
+    await socket.close()
