@@ -249,6 +249,7 @@ CELERY_BEAT_SCHEDULE["uploads.redrive_stuck"] = {"task": "uploads.redrive_stuck"
 POOLHUB_WS_AUTH_SECONDS = env_int("POOLHUB_WS_AUTH_SECONDS", 10)
 POOLHUB_WS_CHUNK_BYTES = env_int("POOLHUB_WS_CHUNK_BYTES", 512 * 1024)
 POOLHUB_WS_TRANSFER_TTL_SECONDS = env_int("POOLHUB_WS_TRANSFER_TTL_SECONDS", 3600)
+POOLHUB_WS_MAX_OPEN_TRANSFERS = env_int("POOLHUB_WS_MAX_OPEN_TRANSFERS", 32)
 CELERY_BEAT_SCHEDULE["notifications.expire_transfers"] = {"task": "notifications.expire_transfers",
                                                           "schedule": 60.0}
 FILE_UPLOAD_MAX_MEMORY_SIZE = 256 * 1024
