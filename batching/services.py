@@ -45,9 +45,7 @@ def _locked(group_id: UUID | str) -> Group:
     and an upload's transaction takes it before touching a group row (its insert's foreign-key
     lock). Locking the group first and the log second would deadlock against it on PostgreSQL.
     """
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [EVENT_LOG_LOCK])
+    _event_log_lock()
     return Group.objects.select_for_update().select_related("pool").get(id=group_id)
 
 
@@ -74,15 +72,17 @@ def group_is_due(*, group: Group, pool: Pool, now: datetime) -> bool:
     return group.hold_until is None or now >= group.hold_until
 
 
-def _window_group(*, pool: Pool, start: datetime, end: datetime) -> Group:
-    group = Group.objects.filter(pool=pool, window_start=start).first()
-    if group is not None:
+def _window_group(*, pool: Pool, start: datetime, end: datetime, create: bool = True) -> Group | None:
+    """The window's group, locked against a concurrent claim (FOR NO KEY UPDATE: uploads joining it
+    do not wait for each other on it), created on first use."""
+    group = Group.objects.select_for_update(no_key=True).filter(pool=pool, window_start=start).first()
+    if group is not None or not create:
         return group
     try:
         with transaction.atomic():
             return Group.objects.create(pool=pool, window_start=start, window_end=end)
     except IntegrityError:  # another request created it first
-        return Group.objects.get(pool=pool, window_start=start)
+        return Group.objects.select_for_update(no_key=True).get(pool=pool, window_start=start)
 
 
 def _accepts_on_time(*, group: Group | None, pool: Pool, end: datetime, now: datetime) -> bool:
@@ -98,9 +98,18 @@ def _next_open_group(*, pool: Pool, at: datetime, now: datetime) -> Group:
         start, end = window_bounds(origin=pool.origin, window_seconds=pool.window_seconds, at=at)
         group = _window_group(pool=pool, start=start, end=end)
         if _accepts_on_time(group=group, pool=pool, end=end, now=now):
+            assert group is not None
             return group
         at = end
     raise Conflict("no open window to place this upload in", code="late_upload")
+
+
+def _event_log_lock() -> None:
+    """Take the event log's lock (as `event_append` does) before any group row lock: always in
+    that order, or two transactions could each hold one and wait for the other (PostgreSQL)."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [EVENT_LOG_LOCK])
 
 
 def group_for_upload(*, pool: Pool, timestamp: datetime) -> Group:
@@ -110,26 +119,31 @@ def group_for_upload(*, pool: Pool, timestamp: datetime) -> Group:
     past its end plus grace), by the pool's `late_policy`: `reject` raises 409 `late_upload`;
     `accept` joins its own window's group if that is not yet exported, otherwise the next open
     one; `next` joins the currently open group. A late upload appends `group.late_upload` to the
-    group it joins, so every move is in the log.
+    group it joins, so every move is in the log. The chosen group stays locked against a claim
+    until the upload's transaction ends, so an upload never slips into a group being exported.
     """
-    now = _now()
-    start, end = window_bounds(origin=pool.origin, window_seconds=pool.window_seconds, at=timestamp)
-    own = Group.objects.filter(pool=pool, window_start=start).first()
-    if _accepts_on_time(group=own, pool=pool, end=end, now=now):
-        target = own or _window_group(pool=pool, start=start, end=end)
-        _close_rules_on_commit(pool=pool, group=target)
-        return target
-    if pool.late_policy == LatePolicy.REJECT:
-        raise Conflict(
-            "this upload's window is already closed and the pool refuses late uploads", code="late_upload",
-            details={"timestamp": timestamp.isoformat(), "window_start": start.isoformat(),
-                     "window_end": end.isoformat(), "status": own.status if own else "due"},
-        )
-    if pool.late_policy == LatePolicy.ACCEPT and (own is None or own.status in (GroupStatus.OPEN, GroupStatus.CLOSED)):
-        target = own or _window_group(pool=pool, start=start, end=end)
-    else:
-        target = _next_open_group(pool=pool, at=max(now, end), now=now)
     with transaction.atomic():
+        _event_log_lock()
+        now = _now()
+        start, end = window_bounds(origin=pool.origin, window_seconds=pool.window_seconds, at=timestamp)
+        own = _window_group(pool=pool, start=start, end=end, create=False)
+        if _accepts_on_time(group=own, pool=pool, end=end, now=now):
+            target = own or _window_group(pool=pool, start=start, end=end)
+            assert target is not None
+            _close_rules_on_commit(pool=pool, group=target)
+            return target
+        if pool.late_policy == LatePolicy.REJECT:
+            raise Conflict(
+                "this upload's window is already closed and the pool refuses late uploads", code="late_upload",
+                details={"timestamp": timestamp.isoformat(), "window_start": start.isoformat(),
+                         "window_end": end.isoformat(), "status": own.status if own else "due"},
+            )
+        joinable = (GroupStatus.OPEN, GroupStatus.CLOSED)
+        if pool.late_policy == LatePolicy.ACCEPT and (own is None or own.status in joinable):
+            target = own or _window_group(pool=pool, start=start, end=end)
+        else:
+            target = _next_open_group(pool=pool, at=max(now, end), now=now)
+        assert target is not None
         locked = _locked(target.id)
         _append(locked, "group.late_upload", {
             "group": str(locked.id), "timestamp": timestamp.isoformat(), "window_start": start.isoformat(),
@@ -191,15 +205,15 @@ def groups_close_due(*, now: datetime | None = None) -> list[UUID]:
     whose close rule is met (a backstop for the check sent when an upload joins)."""
     now = now or _now()
     closed: list[UUID] = []
-    candidates = Group.objects.filter(status=GroupStatus.OPEN, window_end__lte=now).select_related("pool")
-    for group in candidates.iterator():
+    candidates = list(Group.objects.filter(status=GroupStatus.OPEN, window_end__lte=now).select_related("pool"))
+    for group in candidates:
         if group_is_due(group=group, pool=group.pool, now=now):
             group_close(group_id=group.id, reason="time")
             closed.append(group.id)
     ruled = Group.objects.filter(status=GroupStatus.OPEN).exclude(
         pool__close_min_uploads__isnull=True, pool__close_min_contributors__isnull=True
     ).select_related("pool")
-    for group in ruled.iterator():
+    for group in list(ruled):
         if group.id not in closed and group_close_rules_met(group=group, pool=group.pool):
             group_close(group_id=group.id, reason="rule")
             closed.append(group.id)
