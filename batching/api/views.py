@@ -6,11 +6,14 @@ from typing import Any, cast
 from uuid import UUID
 
 from django.http import StreamingHttpResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from accounts.api.serializers import ErrorOutput
 from accounts.models import Role, User
 from accounts.selectors import pool_access, user_is_admin
 from batching import services
@@ -33,6 +36,13 @@ EXPORT_ROLES = [Role.EXPORTER]
 CLOSE_ROLES = [Role.MANAGER, Role.EXPORTER]
 
 
+def _errors(*statuses: int) -> dict[int, type[ErrorOutput]]:
+    return dict.fromkeys(statuses, ErrorOutput)
+
+
+BINARY = {(200, "application/octet-stream"): OpenApiTypes.BINARY}
+
+
 def _valid(serializer_class: type[Any], data: Any) -> dict[str, Any]:
     serializer = serializer_class(data=data)
     serializer.is_valid(raise_exception=True)
@@ -48,6 +58,7 @@ def _group_output(group_id: UUID, user: User) -> dict[str, Any]:
 
 
 class GroupListApi(APIView):
+    @extend_schema(parameters=[GroupListInput], responses={200: GroupOutput(many=True), **_errors(400, 401, 404)})
     def get(self, request: Request, pool_id: UUID) -> Response:
         pool = pool_access(user=_user(request), pool_id=pool_id)
         data = _valid(GroupListInput, request.query_params)
@@ -55,11 +66,13 @@ class GroupListApi(APIView):
 
 
 class GroupDetailApi(APIView):
+    @extend_schema(responses={200: GroupOutput, **_errors(401, 404)})
     def get(self, request: Request, group_id: UUID) -> Response:
         return Response(GroupOutput(group_get_for(user=_user(request), group_id=group_id)).data)
 
 
 class GroupCloseApi(APIView):
+    @extend_schema(request=None, responses={200: GroupOutput, **_errors(401, 403, 404)})
     def post(self, request: Request, group_id: UUID) -> Response:
         group = group_get_for(user=_user(request), group_id=group_id, roles=CLOSE_ROLES)
         services.group_close(group_id=group.id, reason="trigger")
@@ -67,6 +80,7 @@ class GroupCloseApi(APIView):
 
 
 class GroupClaimApi(APIView):
+    @extend_schema(request=None, responses={200: LeaseOutput, **_errors(401, 403, 404, 409)})
     def post(self, request: Request, group_id: UUID) -> Response:
         group = group_get_for(user=_user(request), group_id=group_id, roles=EXPORT_ROLES)
         lease = services.group_claim(group_id=group.id, exporter=_user(request))
@@ -74,6 +88,8 @@ class GroupClaimApi(APIView):
 
 
 class GroupArchiveApi(APIView):
+    @extend_schema(parameters=[OpenApiParameter("lease", OpenApiTypes.UUID, required=True)],
+                   responses={(200, "application/x-tar"): OpenApiTypes.BINARY, **_errors(400, 401, 403, 404, 409)})
     def get(self, request: Request, group_id: UUID) -> StreamingHttpResponse:
         user = _user(request)
         group = group_get_for(user=user, group_id=group_id, roles=EXPORT_ROLES)
@@ -87,6 +103,8 @@ class GroupArchiveApi(APIView):
 
 
 class GroupResultApi(APIView):
+    @extend_schema(request={"multipart/form-data": ResultInput},
+                   responses={201: ResultOutput, 200: ResultOutput, **_errors(400, 401, 403, 404, 409, 503)})
     def post(self, request: Request, group_id: UUID) -> Response:
         user = _user(request)
         group = group_get_for(user=user, group_id=group_id, roles=EXPORT_ROLES)
@@ -103,17 +121,20 @@ class GroupResultApi(APIView):
 
 
 class ResultLatestApi(APIView):
+    @extend_schema(responses={200: ResultOutput, **_errors(401, 404)})
     def get(self, request: Request, pool_id: UUID) -> Response:
         pool = pool_access(user=_user(request), pool_id=pool_id)
         return Response(ResultOutput(result_latest(pool=pool)).data)
 
 
 class ResultDetailApi(APIView):
+    @extend_schema(responses={200: ResultOutput, **_errors(401, 404)})
     def get(self, request: Request, result_id: UUID) -> Response:
         return Response(ResultOutput(result_get_for(user=_user(request), result_id=result_id)).data)
 
 
 class ResultContentApi(APIView):
+    @extend_schema(responses={**BINARY, **_errors(401, 404, 503)})
     def get(self, request: Request, result_id: UUID) -> StreamingHttpResponse:
         result = result_get_for(user=_user(request), result_id=result_id)
         return streamed_attachment(request=request, chunks=result_chunks(result_id=result.id),
