@@ -95,3 +95,41 @@ def test_sync_listen_replays_from_a_seq_and_a_revoked_token_is_an_auth_error(sdk
         next(revoked.listen(after=0))
     assert refused.value.code in {"token_revoked", "invalid_token"}
     revoked.close()
+
+
+def test_listen_outlives_its_access_token(pool, contributor, transactional_db, celery_worker):
+    """The server closes a socket when its token expires; the listener refreshes, reconnects, resumes."""
+    process, url = live.start_web(live.child_env(JWT_ACCESS_SECONDS="2"))
+    notes: list[dict[str, Any]] = []
+
+    async def scenario() -> tuple[list[str], int]:
+        client = AsyncPoolhubClient(url)
+        await client.login("contributor", PASSWORD)
+        listener = client.listen()
+
+        async def collect() -> None:
+            async for note in listener:
+                notes.append(note)
+
+        task = asyncio.create_task(collect())
+        await asyncio.wait_for(listener.connected.wait(), 15)
+        ids = []
+        for i in range(3):  # spread over several token lifetimes
+            upload = await client.upload(str(pool.id), f"reading {i}".encode(), timestamp=STAMP)
+            ids.append(upload["id"])
+            await asyncio.sleep(2.5)
+        await wait_until(lambda: {n.get("upload_id") for n in notes if n.get("status") == "stored"} >= set(ids),
+                         what="every upload's stored notification")
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await client.aclose()
+        return ids, listener.connections
+
+    try:
+        ids, connections = asyncio.run(scenario())
+    finally:
+        live.stop(process)
+    assert connections >= 2  # the socket was cut at expiry at least once, and came back
+    assert {n.get("upload_id") for n in notes if n.get("status") == "stored"} >= set(ids)
+    seqs = [n["seq"] for n in notes]
+    assert len(seqs) == len(set(seqs))

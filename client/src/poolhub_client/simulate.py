@@ -176,6 +176,7 @@ class Simulation:
         pool = await self.admin.create_pool(name, window_seconds=self.config.window_seconds, grace_seconds=86400)
         self.report.pool, self.report.pool_name = pool["id"], name
         mix = self._mix()
+        started = time.monotonic()
         self.say(f"pool {name}: signing up {len(mix)} simulated members "
                  "(the server's auth rate limit may pause this; the client waits as Retry-After says)")
         joined = await asyncio.gather(*(self._join(i, kind) for i, kind in enumerate(mix)), return_exceptions=True)
@@ -184,6 +185,7 @@ class Simulation:
         if failures:
             raise failures[0]
         self.report.members = len(self.members)
+        self.say(f"{len(self.members)} members joined in {time.monotonic() - started:.0f}s; connecting their sockets")
         counts = {kind: mix.count(kind) for kind in dict.fromkeys(mix)}
         self.report.mix = ", ".join(f"{count} {kind}" for kind, count in counts.items())
 
