@@ -68,7 +68,7 @@ def test_async_client_through_a_round_with_an_exporter_polling_only(live_server_
         back = await station.download_upload(single["id"], tmp_path / "back.bin")
         assert back.read_bytes() == reading.read_bytes()
 
-        group_id = single["group"]
+        group_id = str(single["group"])
         assert (await station.get_group(group_id))["upload_count"] == 3
         with pytest.raises(Conflict):
             await aggregator.claim_group(group_id)  # still open
