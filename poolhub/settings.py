@@ -245,6 +245,7 @@ POOLHUB_TIMESTAMP_MAX_FUTURE_SECONDS = env_int("POOLHUB_TIMESTAMP_MAX_FUTURE_SEC
 POOLHUB_IDEMPOTENCY_TTL_SECONDS = env_int("POOLHUB_IDEMPOTENCY_TTL_SECONDS", 2 * 86400)
 POOLHUB_STAGING_ALLOW_EVICTION = env_bool("POOLHUB_STAGING_ALLOW_EVICTION", False)
 CELERY_BEAT_SCHEDULE["uploads.redrive_stuck"] = {"task": "uploads.redrive_stuck", "schedule": 300.0}
+CELERY_BEAT_SCHEDULE["uploads.staging_reconcile"] = {"task": "uploads.staging_reconcile", "schedule": 3600.0}
 # Websocket gateway (docs/realtime.md): auth deadline, chunk size, idle transfers expire (bytes dropped).
 POOLHUB_WS_AUTH_SECONDS = env_int("POOLHUB_WS_AUTH_SECONDS", 10)
 POOLHUB_WS_CHUNK_BYTES = env_int("POOLHUB_WS_CHUNK_BYTES", 512 * 1024)

@@ -5,7 +5,9 @@ Layout, per staged file (`key` is a random hex id):
 - `poolhub:staging:{key}:data`  a list of chunks of at most POOLHUB_STAGING_CHUNK_BYTES each,
 - `poolhub:staging:{key}:meta`  a hash: `reserved` (bytes counted against the budget), and once
   finished `size`, `sha256`, `content_type`, `filename`;
-- `poolhub:staging:bytes`       the bytes staged in all, checked against POOLHUB_STAGING_BUDGET_BYTES.
+- `poolhub:staging:bytes`       the bytes staged in all, checked against POOLHUB_STAGING_BUDGET_BYTES;
+- `poolhub:staging:ledger`      a hash key -> bytes reserved, without TTL, so that the budget held by
+  files whose keys expired can be released (`staging_reconcile`, run by beat).
 
 Appending a chunk reserves its bytes against the budget and pushes it in one Lua script, so the
 budget cannot be overrun by concurrent writers and a crash cannot leave bytes uncounted. Both keys
@@ -57,27 +59,32 @@ logger = logging.getLogger(__name__)
 PREFIX = "poolhub:staging:"
 TOTAL_KEY = PREFIX + "bytes"
 
-# KEYS: total, data, meta. ARGV: chunk, budget, ttl. Returns the new total, or -1 when over budget.
+# KEYS: total, data, meta, ledger. ARGV: chunk, budget, ttl, key. Returns the new total, or -1 over budget.
 _APPEND = """
 local n = string.len(ARGV[1])
 local total = tonumber(redis.call('GET', KEYS[1]) or '0')
 if total + n > tonumber(ARGV[2]) then return -1 end
 redis.call('RPUSH', KEYS[2], ARGV[1])
 redis.call('HINCRBY', KEYS[3], 'reserved', n)
+redis.call('HINCRBY', KEYS[4], ARGV[4], n)
 redis.call('EXPIRE', KEYS[2], ARGV[3])
 redis.call('EXPIRE', KEYS[3], ARGV[3])
 return redis.call('INCRBY', KEYS[1], n)
 """
-# KEYS: total, data, meta. Releases what the file reserved; idempotent (a second drop finds nothing).
+# KEYS: total, data, meta, ledger. ARGV: key. Releases what the file reserved; idempotent (a second
+# drop finds nothing). The ledger (no TTL) remembers reservations whose keys expired, so
+# `staging_reconcile` can release them too.
 _DROP = """
-local reserved = tonumber(redis.call('HGET', KEYS[3], 'reserved') or '0')
+local reserved = tonumber(redis.call('HGET', KEYS[4], ARGV[1]) or '0')
 redis.call('DEL', KEYS[2], KEYS[3])
+redis.call('HDEL', KEYS[4], ARGV[1])
 if reserved > 0 then
   local left = redis.call('DECRBY', KEYS[1], reserved)
   if left < 0 then redis.call('SET', KEYS[1], 0) end
 end
 return reserved
 """
+LEDGER_KEY = PREFIX + "ledger"
 
 
 def _data_key(key: str) -> str:
@@ -133,9 +140,9 @@ def staging_used_bytes() -> int:
 
 
 def _append(*, key: str, chunk: bytes) -> None:
-    result = redis_client().eval(_APPEND, 3, TOTAL_KEY, _data_key(key), _meta_key(key), chunk,
+    result = redis_client().eval(_APPEND, 4, TOTAL_KEY, _data_key(key), _meta_key(key), LEDGER_KEY, chunk,
                                  int(settings.POOLHUB_STAGING_BUDGET_BYTES),
-                                 int(settings.POOLHUB_STAGING_TTL_SECONDS))
+                                 int(settings.POOLHUB_STAGING_TTL_SECONDS), key)
     if int(result) < 0:
         raise StagingFull(retry_after=_retry_after())
 
@@ -275,7 +282,20 @@ def staging_size(*, key: str) -> int:
 
 def staging_drop(*, key: str) -> None:
     """Remove a staged file and release its bytes from the budget. Idempotent."""
-    redis_client().eval(_DROP, 3, TOTAL_KEY, _data_key(key), _meta_key(key))
+    redis_client().eval(_DROP, 4, TOTAL_KEY, _data_key(key), _meta_key(key), LEDGER_KEY, key)
+
+
+def staging_reconcile() -> int:
+    """Release the budget held by staged files whose keys expired (abandoned writes). Returns bytes freed."""
+    client = redis_client()
+    freed = 0
+    for raw_key, _ in client.hscan_iter(LEDGER_KEY):
+        key = raw_key.decode() if isinstance(raw_key, bytes) else str(raw_key)
+        if not client.exists(_data_key(key)) and not client.exists(_meta_key(key)):
+            freed += int(client.eval(_DROP, 4, TOTAL_KEY, _data_key(key), _meta_key(key), LEDGER_KEY, key))
+    if freed:
+        logger.warning("staging: released %d bytes held by expired staged files", freed)
+    return freed
 
 
 def staging_keep(*, key: str) -> None:

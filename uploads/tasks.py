@@ -8,6 +8,7 @@ from celery import shared_task
 from django.conf import settings
 
 from uploads.services import StoreOutcome, upload_store, uploads_stuck_redrive
+from uploads.staging import staging_reconcile
 
 
 @shared_task(name="uploads.store", bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=None,
@@ -31,3 +32,9 @@ def store_upload(self: Any, upload_id: str) -> str:
 def redrive_stuck_uploads() -> int:
     """Beat: uploads left `cached` too long (a lost publish, a dead worker) get their store task again."""
     return uploads_stuck_redrive()
+
+
+@shared_task(name="uploads.staging_reconcile", acks_late=True, soft_time_limit=120, time_limit=180)
+def reconcile_staging() -> int:
+    """Beat: give back the staging budget held by staged files whose keys expired."""
+    return staging_reconcile()

@@ -13,7 +13,7 @@ import pytest
 from poolhub.filestore import mongo_db
 from poolhub.redis import redis_client
 from uploads.models import Event, Upload
-from uploads.staging import PREFIX, staging_used_bytes
+from uploads.staging import LEDGER_KEY, PREFIX, staging_used_bytes
 from uploads.storage import UPLOADS_BUCKET
 
 # A recent past time (whole seconds), so its window is open whatever day the tests run.
@@ -71,4 +71,5 @@ def assert_nothing_left() -> None:
     assert Event.objects.filter(stream_type="upload").count() == 0
     assert staged_keys() == []
     assert staging_used_bytes() == 0
+    assert redis_client().hlen(LEDGER_KEY) == 0
     assert gridfs_counts() == (0, 0)

@@ -13,6 +13,7 @@ from uploads.apps import staging_eviction_check
 from uploads.checks import FileTooLarge, ForbiddenType
 from uploads.models import Event, Upload
 from uploads.staging import StagingWriter, _policy_verdict, staging_read, staging_used_bytes
+from uploads.tasks import reconcile_staging
 
 
 @pytest.fixture
@@ -101,4 +102,19 @@ def test_writer_resumes_an_unfinished_file(settings):
     assert b"".join(staging_read(key=staged.key)) == data
     assert max(len(chunk) for chunk in staging_read(key=staged.key)) <= 64 * 1024
     resumed.discard()
+    assert staging_used_bytes() == 0
+
+
+def test_budget_held_by_expired_staged_files_is_released():
+    writer = StagingWriter(max_bytes=None, filename="abandoned.bin")
+    writer.write(payload(300_000))
+    writer.flush()  # then the writer's process dies; its keys expire
+    assert staging_used_bytes() == 300_000
+    redis_client().delete(f"poolhub:staging:{writer.key}:data", f"poolhub:staging:{writer.key}:meta")
+    live = StagingWriter(max_bytes=None, filename="live.bin")
+    live.write(payload(1000))
+    live.flush()
+    assert reconcile_staging() == 300_000
+    assert staging_used_bytes() == 1000
+    live.discard()
     assert staging_used_bytes() == 0
