@@ -34,7 +34,7 @@ from django.utils import timezone
 from accounts.models import Pool, User
 from batching.models import Group
 from batching.services import group_for_upload
-from poolhub.errors import ApiError, Conflict
+from poolhub.errors import ApiError, Conflict, NotFound
 from poolhub.redis import redis_client
 from uploads.events import event_append
 from uploads.models import Upload, UploadStatus
@@ -336,7 +336,7 @@ def upload_redrive(*, upload_id: UUID | str, by: User | None = None) -> Upload:
     with transaction.atomic():
         upload = Upload.objects.select_for_update().filter(id=upload_id).first()
         if upload is None:
-            raise Conflict("no such upload", code="not_found", status_code=404)
+            raise NotFound("no such upload")
         if upload.status != UploadStatus.FAILED:
             raise Conflict(f"only failed uploads can be re-driven; this one is {upload.status}")
         if not staging_exists(key=upload.staging_key):

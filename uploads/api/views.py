@@ -18,11 +18,13 @@ import gridfs
 import pymongo.errors
 import redis
 from asgiref.sync import sync_to_async
+from django.conf import settings
 from django.core.exceptions import RequestDataTooBig, SuspiciousOperation, TooManyFieldsSent, TooManyFilesSent
 from django.core.handlers.asgi import ASGIRequest
 from django.core.serializers.json import DjangoJSONEncoder
 from django.http import StreamingHttpResponse
 from django.utils.http import content_disposition_header
+from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.throttling import ScopedRateThrottle
@@ -170,8 +172,6 @@ def manifest_parse(raw: str | None, *, max_items: int = 500) -> list[ManifestIte
 
 
 def _accept_batch(form: Form, pool: Pool, user: User) -> tuple[Any, set[str]]:
-    from django.conf import settings
-
     manifest = manifest_parse(form.field("manifest"), max_items=int(settings.DATA_UPLOAD_MAX_NUMBER_FILES))
     unlisted = sorted(set(form.files) - {item.file for item in manifest})
     if unlisted:
@@ -218,18 +218,9 @@ class UploadListApi(APIView):
         filters = UploadListFilters(data=request.query_params)
         filters.is_valid(raise_exception=True)
         uploads = selectors.upload_list(user=_user(request), filters=dict(filters.validated_data))
-        paginator = self.paginator
-        assert paginator is not None
+        paginator = LimitOffsetPagination()
         page = paginator.paginate_queryset(uploads, request, view=self)
         return paginator.get_paginated_response([UploadOutput(upload).data for upload in page or []])
-
-    @property
-    def paginator(self) -> Any:
-        if not hasattr(self, "_paginator"):
-            from rest_framework.pagination import LimitOffsetPagination
-
-            self._paginator = LimitOffsetPagination()
-        return self._paginator
 
 
 class UploadDetailApi(APIView):
