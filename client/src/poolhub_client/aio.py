@@ -150,7 +150,13 @@ class AsyncPoolhubClient:
             tokens = self.state.tokens
             if tokens is None or not tokens.refresh:
                 raise AuthError("not logged in", code="not_authenticated")
-            body = await self._json("POST", "/auth/refresh", json={"refresh": tokens.refresh}, auth=False)
+            generation = self.state.generation
+            try:
+                body = await self._json("POST", "/auth/refresh", json={"refresh": tokens.refresh}, auth=False)
+            except AuthError:
+                if self.state.generation != generation:
+                    return  # a sync twin in another thread rotated the pair meanwhile
+                raise
             self.state.set(Tokens(access=body["access"], refresh=body.get("refresh") or tokens.refresh,
                                   user=tokens.user))
 
@@ -380,7 +386,9 @@ class Listener:
             if not isinstance(message, dict):
                 continue
             if message.get("type") == "error":
-                log.warning("server error on the socket: %s %s", message.get("code"), message.get("message"))
+                # An expired token is routine: the server closes the socket and we come back refreshed.
+                level = logging.INFO if message.get("code") in SOCKET_AUTH_CODES else logging.WARNING
+                log.log(level, "server error on the socket: %s %s", message.get("code"), message.get("message"))
                 continue
             note = _flatten(message)
             seq = note.get("seq")

@@ -148,7 +148,13 @@ class PoolhubClient:
             tokens = self.state.tokens
             if tokens is None or not tokens.refresh:
                 raise AuthError("not logged in", code="not_authenticated")
-            body = self._json("POST", "/auth/refresh", json={"refresh": tokens.refresh}, auth=False)
+            generation = self.state.generation
+            try:
+                body = self._json("POST", "/auth/refresh", json={"refresh": tokens.refresh}, auth=False)
+            except AuthError:
+                if self.state.generation != generation:
+                    return  # the async twin rotated the pair meanwhile: the spent token was its old one
+                raise
             self.state.set(Tokens(access=body["access"], refresh=body.get("refresh") or tokens.refresh,
                                   user=tokens.user))
 

@@ -92,9 +92,12 @@ class Exporter:
             await asyncio.sleep(self.poll_interval)
 
     async def _socket_forever(self) -> None:
-        async for note in self.client.listen():
-            if note.get("type") == "group.closed" and str(note.get("pool")) == str(self.pool):
-                self._offer(str(note.get("group")))
+        try:
+            async for note in self.client.listen():
+                if note.get("type") == "group.closed" and str(note.get("pool")) == str(self.pool):
+                    self._offer(str(note.get("group")))
+        except PoolhubError as exc:
+            log.warning("notifications unavailable (%s); relying on polling every %.0fs", exc, self.poll_interval)
 
     # -- one group ---------------------------------------------------------------------------
 
