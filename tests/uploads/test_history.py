@@ -7,6 +7,7 @@ import pytest
 from tests.conftest import error_code
 from tests.uploads.conftest import assert_nothing_left, payload, post_upload, sha
 from uploads.models import Upload
+from uploads.services import upload_store
 
 pytestmark = pytest.mark.django_db
 
@@ -113,3 +114,17 @@ def test_nothing_left_helper_sees_a_real_upload(api, pool, contributor):
     post_upload(api(contributor), pool, payload(10))
     with pytest.raises(AssertionError):
         assert_nothing_left()
+
+
+def test_download_started_from_staging_finishes_from_the_file_store(api, pool, contributor, settings,
+                                                                     django_capture_on_commit_callbacks):
+    settings.POOLHUB_STAGING_CHUNK_BYTES = 256 * 1024
+    data = payload(1024 * 1024, seed=8)
+    upload_id = post_upload(api(contributor), pool, data).json()["id"]
+    response = api(contributor).get(f"/api/v1/uploads/{upload_id}/content")
+    pieces = iter(response.streaming_content)
+    first = next(pieces)
+    with django_capture_on_commit_callbacks(execute=True):  # the store runs and drops the staged bytes
+        upload_store(upload_id=upload_id)
+    assert Upload.objects.get(id=upload_id).status == "stored"
+    assert first + b"".join(pieces) == data
