@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -14,6 +13,7 @@ import pytest
 
 from poolhub_client import Outbox, PoolhubClient
 from poolhub_client.simulate import _closed_port
+from tests.client.conftest import cli_env
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -69,7 +69,8 @@ def test_a_flush_killed_half_way_then_run_again_loses_nothing_and_duplicates_not
     with Outbox(box_path) as box:
         stamps = queue_updates(box, str(pool.id), 5)
     tokens = client.tokens
-    env = dict(os.environ, TEST_TOKENS=json.dumps({"access": tokens.access, "refresh": tokens.refresh}))
+    env = cli_env(live_server_url, tmp_path / "cfg",
+                  TEST_TOKENS=json.dumps({"access": tokens.access, "refresh": tokens.refresh}))
     killed = subprocess.run([sys.executable, "-c", KILLED_FLUSH, live_server_url, str(box_path)], env=env,
                             timeout=120)
     assert killed.returncode == -signal.SIGKILL
