@@ -23,11 +23,11 @@ class Command(BaseCommand):
                             help="with --stuck: cached for at least this many seconds (default 900)")
 
     def handle(self, *args: Any, **options: Any) -> None:
+        if not options["ids"] and not options["failed"] and not options["stuck"]:
+            raise CommandError("name upload ids, or use --failed or --stuck")
         ids = [str(i) for i in options["ids"]]
         if options["failed"]:
             ids += [str(i) for i in Upload.objects.filter(status=UploadStatus.FAILED).values_list("id", flat=True)]
-        if not ids and not options["stuck"]:
-            raise CommandError("name upload ids, or use --failed or --stuck")
         problems = 0
         for upload_id in ids:
             try:
