@@ -40,9 +40,17 @@ def _backoff(retries: int) -> float:
 @shared_task(bind=True, name="batching.deliver_webhook", acks_late=True, reject_on_worker_lost=True,
              soft_time_limit=60, time_limit=90)
 def deliver_webhook(self: Any, delivery_id: str) -> str:
-    max_retries = settings.POOLHUB_WEBHOOK_MAX_ATTEMPTS - 1
-    final = self.request.retries >= max_retries
     try:
-        return webhooks.webhook_deliver(delivery_id=delivery_id, final_attempt=final)
+        return webhooks.webhook_deliver(delivery_id=delivery_id)
     except webhooks.WebhookTransientError as exc:
-        raise self.retry(exc=exc, countdown=_backoff(self.request.retries), max_retries=max_retries) from exc
+        # The row counts the attempts and fails the delivery on the last one; Celery's own limit
+        # is only a guard.
+        raise self.retry(exc=exc, countdown=_backoff(self.request.retries),
+                         max_retries=settings.POOLHUB_WEBHOOK_MAX_ATTEMPTS) from exc
+
+
+@shared_task(name="batching.redrive_webhooks", acks_late=True, reject_on_worker_lost=True,
+             soft_time_limit=60, time_limit=90)
+def redrive_webhooks() -> int:
+    """Beat: re-send webhook deliveries whose task was lost."""
+    return webhooks.webhooks_redrive_stuck()

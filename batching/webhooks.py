@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import json
 import logging
+from datetime import timedelta
 from typing import Any
 from uuid import UUID
 
@@ -88,12 +89,14 @@ def _record(delivery: WebhookDelivery, **fields: Any) -> None:
     WebhookDelivery.objects.filter(id=delivery.id).update(updated_at=timezone.now(), **fields)
 
 
-def webhook_deliver(*, delivery_id: UUID | str, final_attempt: bool) -> str:
-    """One try. Returns the delivery's status; raises WebhookTransientError when a retry may help
-    (unless this was the final attempt, which marks the delivery failed)."""
+def webhook_deliver(*, delivery_id: UUID | str) -> str:
+    """One try. Returns the delivery's status; raises WebhookTransientError when a retry may help.
+    The try that reaches POOLHUB_WEBHOOK_MAX_ATTEMPTS (counted in the row, so re-drives and
+    redelivered tasks count too) marks the delivery failed instead."""
     delivery = WebhookDelivery.objects.select_related("pool").filter(id=delivery_id).first()
-    if delivery is None or delivery.status == WebhookDelivery.Status.DELIVERED:
+    if delivery is None or delivery.status != WebhookDelivery.Status.PENDING:
         return "gone" if delivery is None else delivery.status
+    final_attempt = delivery.attempts + 1 >= settings.POOLHUB_WEBHOOK_MAX_ATTEMPTS
     body, timestamp = _body(delivery)
     WebhookDelivery.objects.filter(id=delivery.id).update(attempts=F("attempts") + 1)
     timeout = httpx.Timeout(settings.POOLHUB_WEBHOOK_TIMEOUT_SECONDS, connect=5.0)
@@ -124,9 +127,24 @@ def _failed_try(delivery: WebhookDelivery, status: int | None, error: str, final
 
 
 def webhook_redeliver(*, delivery_id: UUID | str) -> None:
-    """Admin: try a delivery again from the first attempt."""
-    WebhookDelivery.objects.filter(id=delivery_id).update(status=WebhookDelivery.Status.PENDING,
-                                                          updated_at=timezone.now())
+    """Admin: try a delivery again, with a fresh set of attempts."""
+    WebhookDelivery.objects.filter(id=delivery_id).update(status=WebhookDelivery.Status.PENDING, attempts=0,
+                                                          last_error="", updated_at=timezone.now())
     from batching.tasks import deliver_webhook
 
     transaction.on_commit(lambda: deliver_webhook.delay(str(delivery_id)))
+
+
+def webhooks_redrive_stuck(*, older_than: timedelta | None = None) -> int:
+    """Beat: re-send pending deliveries nobody has tried for longer than any retry backoff (their
+    task was lost with a broker or a worker). Receivers de-duplicate on the delivery id."""
+    older_than = older_than or timedelta(hours=2)
+    stuck = list(WebhookDelivery.objects.filter(status=WebhookDelivery.Status.PENDING,
+                                                updated_at__lt=timezone.now() - older_than)
+                 .values_list("id", flat=True)[:1000])
+    from batching.tasks import deliver_webhook
+
+    for delivery_id in stuck:
+        WebhookDelivery.objects.filter(id=delivery_id).update(updated_at=timezone.now())
+        deliver_webhook.delay(str(delivery_id))
+    return len(stuck)

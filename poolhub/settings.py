@@ -167,6 +167,7 @@ CELERY_BEAT_SCHEDULE["batching.close_due_windows"] = {
 CELERY_BEAT_SCHEDULE["batching.expire_leases"] = {
     "task": "batching.expire_leases", "schedule": float(POOLHUB_ROUNDS_BEAT_SECONDS),
 }
+CELERY_BEAT_SCHEDULE["batching.redrive_webhooks"] = {"task": "batching.redrive_webhooks", "schedule": 300.0}
 POOLHUB_WEBHOOK_TIMEOUT_SECONDS = env_int("POOLHUB_WEBHOOK_TIMEOUT_SECONDS", 10)
 POOLHUB_WEBHOOK_MAX_ATTEMPTS = env_int("POOLHUB_WEBHOOK_MAX_ATTEMPTS", 8)
 POOLHUB_WEBHOOK_BACKOFF_SECONDS = env_int("POOLHUB_WEBHOOK_BACKOFF_SECONDS", 5)

@@ -149,3 +149,34 @@ def test_admin_actions_close_reopen_and_reexport(admin_client_logged_in, hooked_
     assert act("close_groups") == GroupStatus.CLOSED
     assert act("reexport_groups") == GroupStatus.CLOSED
     assert [body["reason"] for body in webhook_receiver.bodies()] == ["admin", "admin", "reexport"]
+
+
+def test_a_delivery_whose_task_was_lost_is_sent_again_by_beat(hooked_group, webhook_receiver, pool):
+    # The close committed but its task never ran (a broker lost it): the delivery sits pending.
+    services.group_close(group_id=hooked_group.id, reason="time")
+    delivery = WebhookDelivery.objects.get()
+    assert (delivery.status, webhook_receiver.calls) == ("pending", [])
+    WebhookDelivery.objects.filter(id=delivery.id).update(updated_at=timezone.now() - timedelta(hours=3))
+    from batching.tasks import redrive_webhooks
+
+    assert redrive_webhooks() == 1
+    delivery.refresh_from_db()
+    assert (delivery.status, delivery.attempts) == ("delivered", 1)
+    assert len(webhook_receiver.calls) == 1
+    assert redrive_webhooks() == 0
+
+
+def test_admin_send_again_starts_a_fresh_set_of_attempts(admin_client_logged_in, hooked_group, webhook_receiver,
+                                                         run_on_commit, settings, django_capture_on_commit_callbacks):
+    settings.POOLHUB_WEBHOOK_MAX_ATTEMPTS = 2
+    webhook_receiver.answers = [500, 500]
+    run_on_commit(services.group_close, group_id=hooked_group.id, reason="time")
+    delivery = WebhookDelivery.objects.get()
+    assert delivery.status == "failed"
+    with django_capture_on_commit_callbacks(execute=True):
+        response = admin_client_logged_in.post("/admin/batching/webhookdelivery/", {
+            "action": "redeliver", "_selected_action": [str(delivery.id)]})
+    assert response.status_code == 302
+    delivery.refresh_from_db()
+    assert (delivery.status, delivery.attempts) == ("delivered", 1)
+    assert len(webhook_receiver.calls) == 3
