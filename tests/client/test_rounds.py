@@ -97,15 +97,20 @@ def test_exporter_helper_runs_a_whole_round_and_every_member_hears_of_it(sdk, li
                           workdir=tmp_path / "work", poll_interval=60)  # the socket must do it, not polling
         notes: list[dict] = []
 
+        heard = listening.listen()
+
         async def hear() -> None:
-            async for note in listening.listen():
+            async for note in heard:
                 notes.append(note)
                 if note["type"] == "result.available":
                     return
 
         hearing = asyncio.create_task(hear())
         running = asyncio.create_task(helper.run(max_groups=1))
-        await asyncio.sleep(1.0)  # both sockets connect before the trigger
+        while helper.listener is None:
+            await asyncio.sleep(0.01)
+        await asyncio.wait_for(helper.listener.connected.wait(), 30)  # the exporter's socket is up
+        await asyncio.wait_for(heard.connected.wait(), 30)  # and the listener's
         await asyncio.to_thread(sdk(manager).close_group, group_id)
         stats = await asyncio.wait_for(running, 60)
         await asyncio.wait_for(hearing, 30)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from poolhub_client.aio import AsyncPoolhubClient
+from poolhub_client.aio import AsyncPoolhubClient, Listener
 from poolhub_client.errors import Conflict, PoolhubError, TransportError
 
 log = logging.getLogger("poolhub_client.exporter")
@@ -69,6 +69,7 @@ class Exporter:
         self.keep_files = keep_files
         self.progress = progress
         self.stats = ExporterStats()
+        self.listener: Listener | None = None  # the notification socket, once `run()` opened it
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._known: set[str] = set()
 
@@ -92,8 +93,9 @@ class Exporter:
             await asyncio.sleep(self.poll_interval)
 
     async def _socket_forever(self) -> None:
+        self.listener = self.client.listen()
         try:
-            async for note in self.client.listen():
+            async for note in self.listener:
                 if note.get("type") == "group.closed" and str(note.get("pool")) == str(self.pool):
                     self._offer(str(note.get("group")))
         except PoolhubError as exc:
