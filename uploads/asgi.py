@@ -11,11 +11,14 @@ The pool's own, smaller limit is enforced by the upload handler while it parses 
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from django.conf import settings
+
+logger = logging.getLogger(__name__)
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -43,6 +46,7 @@ def _too_large_body(cap: int) -> bytes:
 class UploadBodyLimit:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        _startup_staging_check()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         match = _UPLOAD_PATH.match(scope.get("path", "")) if scope["type"] == "http" else None
@@ -55,6 +59,19 @@ class UploadBodyLimit:
             await _send_413(send, cap)
             return
         await _Guarded(self.app, cap).run(scope, receive, send)
+
+
+def _startup_staging_check() -> None:
+    """At web start-up, say loudly if staging's Redis may evict (uploads are then refused with 503)."""
+    import redis
+
+    from uploads.staging import _policy_verdict
+
+    try:
+        _policy_verdict()  # logs CRITICAL (policy) or WARNING (CONFIG disabled) itself
+    except redis.RedisError as exc:
+        logger.warning("staging Redis not reachable at start-up (%s); its eviction policy is checked "
+                       "before the first upload", exc)
 
 
 async def _send_413(send: Send, cap: int) -> None:

@@ -125,13 +125,15 @@ def _policy_verdict() -> str:
 
 
 def staging_policy_check() -> None:
-    """Refuse to stage into a Redis that may evict (checked once per process)."""
+    """Refuse to stage into a Redis that may evict. A good verdict is kept for the process's life;
+    a bad one is checked again on the next upload, so fixing Redis needs no restart."""
     try:
         verdict = _policy_verdict()
     except redis.RedisError as exc:
         raise Unavailable("staging is unavailable", retry_after=5) from exc
     if verdict in ("noeviction", "unknown") or getattr(settings, "POOLHUB_STAGING_ALLOW_EVICTION", False):
         return
+    _policy_verdict.cache_clear()
     raise Unavailable("staging is misconfigured (Redis may evict); uploads are refused", retry_after=300)
 
 
