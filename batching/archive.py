@@ -28,10 +28,15 @@ END_OF_ARCHIVE = b"\0" * (2 * BLOCK)
 
 @dataclass(frozen=True)
 class Member:
-    header: bytes
+    name: str
     size: int
+    mtime: float
     upload_id: UUID | None = None  # read from GridFS
     data: bytes = b""  # or inline (the manifest)
+
+    def header(self) -> bytes:
+        """Built when sent (and once to measure the archive), not kept: a group may hold many files."""
+        return _header(self.name, self.size, self.mtime)
 
 
 @dataclass(frozen=True)
@@ -68,12 +73,11 @@ def group_archive(*, group: Group, lease: Lease) -> Archive:
     }
     data = json.dumps(manifest, indent=1).encode()
     mtime = lease.created_at.timestamp()
-    members = [Member(header=_header("manifest.json", len(data), mtime), size=len(data), data=data)]
+    members = [Member(name="manifest.json", size=len(data), mtime=mtime, data=data)]
     members += [
-        Member(header=_header(entry["path"], entry["size"], mtime), size=entry["size"], upload_id=UUID(entry["id"]))
-        for entry in entries
+        Member(name=entry["path"], size=entry["size"], mtime=mtime, upload_id=UUID(entry["id"])) for entry in entries
     ]
-    length = sum(len(m.header) + m.size + _padding(m.size) for m in members) + len(END_OF_ARCHIVE)
+    length = sum(len(m.header()) + m.size + _padding(m.size) for m in members) + len(END_OF_ARCHIVE)
     return Archive(members=members, length=length, filename=f"group-{group.id}.tar")
 
 
@@ -92,7 +96,7 @@ def _file_chunks(member: Member) -> Iterator[bytes]:
 
 def archive_chunks(archive: Archive) -> Iterator[bytes]:
     for member in archive.members:
-        yield member.header
+        yield member.header()
         if member.upload_id is None:
             yield member.data
         else:

@@ -300,3 +300,20 @@ def test_outsider_cannot_read_a_result(api, closed_group, exporter, outsider):
     for path in (f"/api/v1/results/{result_id}", f"/api/v1/results/{result_id}/content"):
         response = api(outsider).get(path)
         assert (response.status_code, error_code(response)) == (404, "not_found")
+
+
+def test_archive_keeps_long_and_non_ascii_filenames(api, pool, contributor, exporter):
+    name = "données-été-" + "x" * 200 + ".bin"
+    stored_upload(pool=pool, uploader=contributor, timestamp=T0, data=b"accents", filename=name)
+    stored_upload(pool=pool, uploader=contributor, timestamp=T0 + timedelta(minutes=1), data=b"dots",
+                  filename="../../etc/passwd")
+    group = Group.objects.get(pool=pool)
+    Group.objects.filter(id=group.id).update(status="closed")
+    lease_id = claim(api, exporter, group).json()["lease_id"]
+    response = api(exporter).get(f"/api/v1/groups/{group.id}/archive", {"lease": lease_id})
+    names, files = archive_members(response)
+    manifest = json.loads(files["manifest.json"])
+    assert [e["filename"] for e in manifest["uploads"]] == [name, "../../etc/passwd"]
+    assert names[1].endswith("/" + name)
+    assert names[2].endswith("/passwd") and ".." not in names[2]
+    assert (files[names[1]], files[names[2]]) == (b"accents", b"dots")
