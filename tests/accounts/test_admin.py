@@ -187,3 +187,38 @@ def test_provision_does_not_reuse_a_username_in_another_case(pool: Pool, tmp_pat
                  stdout=StringIO())
 
     assert read_credentials(tmp_path / "c.csv")[0]["username"] == "client-00002"
+
+
+def login_status(username: str, password: str) -> int:
+    response = APIClient().post("/api/v1/auth/login", {"username": username, "password": password}, format="json")
+    return int(response.status_code)
+
+
+def test_ensure_admin_generates_a_password_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("POOLHUB_ADMIN_USERNAME", raising=False)
+    monkeypatch.delenv("POOLHUB_ADMIN_PASSWORD", raising=False)
+    first, second = StringIO(), StringIO()
+
+    call_command("ensure_admin", stdout=first)
+    call_command("ensure_admin", stdout=second)
+
+    password = first.getvalue().split("password ")[1].split("'")[1]
+    assert login_status("admin", password) == 200
+    assert password not in second.getvalue()
+    admin = User.objects.get(username="admin")
+    assert (admin.role, admin.is_staff, admin.is_superuser) == ("admin", True, True)
+    assert User.objects.count() == 1
+
+
+def test_ensure_admin_takes_the_password_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("POOLHUB_ADMIN_USERNAME", "root")
+    monkeypatch.setenv("POOLHUB_ADMIN_PASSWORD", "first-long-password-1")
+    call_command("ensure_admin", stdout=StringIO())
+    monkeypatch.setenv("POOLHUB_ADMIN_PASSWORD", "second-long-password-2")
+
+    out = StringIO()
+    call_command("ensure_admin", stdout=out)
+
+    assert "second-long-password-2" not in out.getvalue()
+    assert login_status("root", "second-long-password-2") == 200
+    assert login_status("root", "first-long-password-1") == 401
