@@ -261,6 +261,14 @@ def cmd_simulate(ctx: Context, args: argparse.Namespace) -> int:
         offline_items=args.offline_items, file_size=args.size, window_seconds=args.window_seconds,
         pool_name=args.pool_name, timeout=args.timeout,
     )
+    with PoolhubClient(ctx.url, max_retries=0) as probe:  # fail fast and clearly: no server, or a wrong admin
+        try:
+            probe.login(settings.admin_username, settings.admin_password)
+        except TransportError as exc:
+            raise TransportError(f"{exc.message} (is `make run` running there?)") from exc
+        except AuthError as exc:
+            raise AuthError(f"the admin account was refused ({exc.code}): check POOLHUB_ADMIN_USERNAME and "
+                            "POOLHUB_ADMIN_PASSWORD") from exc
     report = asyncio.run(simulate(settings, say=_out))
     _out(report.table())
     return 0 if report.ok else 5
