@@ -27,6 +27,11 @@ def die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+# Both services run in their own session: Ctrl-C in the terminal reaches the web server and the
+# workers, which finish what they are doing, while the data services stay up until their owner
+# stops them last. If the owner dies, PDEATHSIG still takes them down.
+
+
 @dataclass
 class EmbeddedService:
     name: str
@@ -95,7 +100,7 @@ def start_redis(data_dir: Path, timeout: float = 20.0) -> EmbeddedService:
         "--logfile", str(data_dir / "redis.log"),
     ]
     process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               preexec_fn=die_with_parent)
+                               preexec_fn=die_with_parent, start_new_session=True)
 
     def ready() -> bool:
         if not sock_path.exists():
@@ -128,7 +133,8 @@ def start_filestore(data_dir: Path, port: int | None = None, *, test_commands: b
         args.append("--enable-test-commands")
     log = open(data_dir.parent / f"{data_dir.name}.log", "ab")  # noqa: SIM115 - owned by the child
     process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                               cwd=str(data_dir), env={**os.environ}, preexec_fn=die_with_parent)
+                               cwd=str(data_dir), env={**os.environ}, preexec_fn=die_with_parent,
+                               start_new_session=True)
     log.close()
 
     def ready() -> bool:
