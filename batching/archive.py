@@ -16,9 +16,10 @@ from pathlib import PurePosixPath
 from typing import Any
 from uuid import UUID
 
-from batching.filestore import upload_chunks
+from batching.filestore import upload_chunks, uploads_missing
 from batching.models import Group, Lease
 from batching.selectors import group_failed_uploads, group_manifest
+from poolhub.errors import Unavailable
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +78,10 @@ def group_archive(*, group: Group, lease: Lease) -> Archive:
     members += [
         Member(name=entry["path"], size=entry["size"], mtime=mtime, upload_id=UUID(entry["id"])) for entry in entries
     ]
+    missing = uploads_missing(upload_ids=[m.upload_id for m in members if m.upload_id is not None])
+    if missing:
+        raise Unavailable("some stored uploads are not readable in the file store right now",
+                          details={"uploads": [str(upload_id) for upload_id in missing]})
     length = sum(len(m.header()) + m.size + _padding(m.size) for m in members) + len(END_OF_ARCHIVE)
     return Archive(members=members, length=length, filename=f"group-{group.id}.tar")
 

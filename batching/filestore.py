@@ -77,6 +77,23 @@ def upload_chunks(*, upload_id: UUID) -> Iterator[bytes]:
     return _chunks(bucket_name=UPLOADS_BUCKET, file_id=upload_file_id(upload_id), what=f"upload {upload_id}")
 
 
+def uploads_missing(*, upload_ids: list[UUID]) -> list[UUID]:
+    """Which of these stored uploads have no file in the bucket (checked before an archive starts,
+    so the exporter gets a 503 rather than a truncated archive)."""
+    from uploads.storage import UPLOADS_BUCKET, upload_file_id
+
+    wanted = {upload_file_id(upload_id): upload_id for upload_id in upload_ids}
+    present: set[str] = set()
+    try:
+        files = mongo_db()[f"{UPLOADS_BUCKET}.files"]
+        for start in range(0, len(upload_ids), 1000):
+            batch = list(wanted)[start:start + 1000]
+            present.update(str(doc["_id"]) for doc in files.find({"_id": {"$in": batch}}, {"_id": 1}))
+    except PyMongoError as exc:
+        raise Unavailable("the file store is unavailable") from exc
+    return [upload_id for file_id, upload_id in wanted.items() if file_id not in present]
+
+
 def result_chunks(*, result_id: UUID) -> Iterator[bytes]:
     """Checked before the response starts, so a missing file is a 503, not a truncated body."""
     try:

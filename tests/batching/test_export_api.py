@@ -317,3 +317,15 @@ def test_archive_keeps_long_and_non_ascii_filenames(api, pool, contributor, expo
     assert names[1].endswith("/" + name)
     assert names[2].endswith("/passwd") and ".." not in names[2]
     assert (files[names[1]], files[names[2]]) == (b"accents", b"dots")
+
+
+def test_archive_with_a_missing_stored_file_is_503_not_a_truncated_tar(api, closed_group, exporter):
+    from uploads.storage import upload_file_remove
+
+    lost = closed_group.uploads.order_by("timestamp").first()
+    upload_file_remove(upload_id=lost.id)
+    lease_id = claim(api, exporter, closed_group).json()["lease_id"]
+    response = api(exporter).get(f"/api/v1/groups/{closed_group.id}/archive", {"lease": lease_id})
+    assert (response.status_code, error_code(response)) == (503, "unavailable")
+    assert response.json()["error"]["details"]["uploads"] == [str(lost.id)]
+    assert "Retry-After" in response
