@@ -135,9 +135,11 @@ CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
         "CONFIG": {
-            "hosts": [_redis_db_url(REDIS_URL, 2)],
-            # A pool of thousands of members: each group send fans out to every socket; a
-            # socket that falls this far behind drops pushes, which `resume` then replays.
+            # Each socket waits on BZPOPMIN for 5 s at a time; redis-py's default 5 s read timeout
+            # would fire first and kill idle sockets (measured): the read timeout must be longer.
+            "hosts": [{"address": _redis_db_url(REDIS_URL, 2), "socket_timeout": 15, "socket_connect_timeout": 5}],
+            # Pushes to a pool of thousands cost one message per web process, not per socket
+            # (docs/realtime.md); a process or socket this far behind drops pushes, `resume` replays.
             "capacity": env_int("CHANNEL_CAPACITY", 1000),
             "expiry": env_int("CHANNEL_EXPIRY_SECONDS", 60),
             "group_expiry": env_int("CHANNEL_GROUP_EXPIRY_SECONDS", 86400),

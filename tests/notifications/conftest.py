@@ -26,6 +26,15 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
+@pytest.fixture(autouse=True)
+def _fresh_channel_layer() -> None:
+    """Each test runs on its own event loop: give it its own channel layer object (channels-redis
+    keeps loop-bound state, which a test that ends mid-receive would leave to the next one)."""
+    from channels.layers import channel_layers
+
+    channel_layers.backends = {}
+
+
 def access_for(user: User) -> str:
     return token_pair_for(user=user)["access"]
 

@@ -235,3 +235,11 @@ async def test_removal_from_the_pool_cuts_its_pushes_off(live_server_url, pool, 
         await run(group_closed, pool_id=pool.id)
         sentinel = await run(group_closed, pool_id=other_pool.id)
         assert [f["seq"] for f in await client.pushes_until(sentinel.seq)] == [sentinel.seq]
+
+
+async def test_an_idle_socket_still_gets_pushes(live_server_url, pool, listener):
+    async with socket(live_server_url, listener) as client:
+        await asyncio.sleep(12)  # longer than the channel layer's 5 s waits, two times over
+        event = await run(group_closed, pool_id=pool.id)
+        assert [f["seq"] for f in await client.pushes_until(event.seq)] == [event.seq]
+        assert (await client.ask({"type": "alive"}))["type"] == "alive"
