@@ -137,6 +137,10 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
     if response is None or not isinstance(exc, exceptions.APIException):
         return response
     code, message, details = _describe(exc)
+    fields = details.get("fields")
+    if isinstance(fields, dict) and fields and "field" not in details:
+        # Every field error names its (first) field the same way: details.field.
+        details = {**details, "field": next(iter(fields))}
     response.data = error_body(code, message, details)
     retry_after = getattr(exc, "retry_after", None)
     wait = getattr(exc, "wait", None)

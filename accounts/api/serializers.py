@@ -89,6 +89,13 @@ class PoolOutput(PoolSerializer):
         roles: dict[Any, str] = self.context.get("roles", {})
         return roles.get(pool.id)
 
+    def to_representation(self, pool: Pool) -> dict[str, Any]:
+        data = super().to_representation(pool)
+        # A webhook URL can carry the receiver's credentials: only admins and managers see it.
+        if not self.context.get("admin") and data.get("role") != "manager":
+            data.pop("webhook_url", None)
+        return data
+
 
 class MemberSerializer(serializers.Serializer):
     username = serializers.CharField(max_length=150)

@@ -57,6 +57,12 @@ def _errors(*statuses: int) -> dict[int, type[ErrorOutput]]:
     return dict.fromkeys(statuses, ErrorOutput)
 
 
+def _pool_context(user: User, roles: dict[Any, str] | None = None) -> dict[str, Any]:
+    if roles is None:
+        roles = selectors.pool_roles_for_user(user=user)
+    return {"roles": roles, "admin": selectors.user_is_admin(user=user)}
+
+
 def _user(request: Request) -> User:
     return cast(User, request.user)
 
@@ -123,7 +129,7 @@ class PoolListCreateApi(APIView):
         user = _user(request)
         pools = selectors.pool_list(user=user)
         roles = selectors.pool_roles_for_user(user=user)
-        return Response(PoolOutput(pools, many=True, context={"roles": roles}).data)
+        return Response(PoolOutput(pools, many=True, context=_pool_context(user, roles)).data)
 
     @extend_schema(request=PoolSerializer, responses={201: PoolOutput, **_errors(400, 401, 403, 409)})
     def post(self, request: Request) -> Response:
@@ -132,7 +138,7 @@ class PoolListCreateApi(APIView):
             raise Forbidden("only admins create pools")
         data = _valid(PoolSerializer, request.data)
         pool = services.pool_create(data=data)
-        return Response(PoolOutput(pool).data, status=status.HTTP_201_CREATED)
+        return Response(PoolOutput(pool, context=_pool_context(user)).data, status=status.HTTP_201_CREATED)
 
 
 class PoolDetailApi(APIView):
@@ -140,7 +146,7 @@ class PoolDetailApi(APIView):
     def get(self, request: Request, pool_id: UUID) -> Response:
         user = _user(request)
         pool = selectors.pool_access(user=user, pool_id=pool_id)
-        return Response(PoolOutput(pool, context={"roles": selectors.pool_roles_for_user(user=user)}).data)
+        return Response(PoolOutput(pool, context=_pool_context(user)).data)
 
     @extend_schema(request=PoolSerializer, responses={200: PoolOutput, **_errors(400, 401, 403, 404, 409)})
     def patch(self, request: Request, pool_id: UUID) -> Response:
@@ -148,7 +154,7 @@ class PoolDetailApi(APIView):
         pool = selectors.pool_access(user=user, pool_id=pool_id, roles=[Role.MANAGER])
         data = _valid(PoolSerializer, request.data, instance=pool, partial=True)
         pool = services.pool_update(pool=pool, data=data)
-        return Response(PoolOutput(pool, context={"roles": selectors.pool_roles_for_user(user=user)}).data)
+        return Response(PoolOutput(pool, context=_pool_context(user)).data)
 
 
 class MemberListApi(APIView):

@@ -161,7 +161,9 @@ def test_invalid_pool_is_refused_and_not_created(api: Callable[[User], APIClient
 
     assert response.status_code == 400
     assert error_code(response) == "invalid"
-    assert field in response.json()["error"]["details"]["fields"]
+    details = response.json()["error"]["details"]
+    assert field in details["fields"]
+    assert details["field"] == field
     assert not Pool.objects.exists()
 
 
@@ -243,3 +245,19 @@ def test_removing_a_non_member_is_not_found(api: Callable[[User], APIClient], ev
     assert response.status_code == 404
     assert error_code(response) == "not_found"
     assert Membership.objects.filter(user=everyone["outsider"]).count() == 1
+
+
+@pytest.mark.parametrize(("persona", "sees_webhook"), [("admin_user", True), ("manager", True),
+                                                        ("contributor", False), ("listener", False),
+                                                        ("exporter", False)])
+def test_only_admins_and_managers_see_the_webhook_url(api: Callable[[User], APIClient], everyone: dict[str, User],
+                                                      pool: Pool, persona: str, sees_webhook: bool) -> None:
+    pool.webhook_url = "https://hooks.example.test/poolhub?key=receiver-credential"
+    pool.save(update_fields=["webhook_url"])
+
+    detail = api(everyone[persona]).get(f"/api/v1/pools/{pool.id}").json()
+    listed = next(p for p in api(everyone[persona]).get("/api/v1/pools").json() if p["id"] == str(pool.id))
+
+    for body in (detail, listed):
+        assert ("webhook_url" in body) is sees_webhook
+        assert "webhook_secret" not in body
