@@ -103,7 +103,9 @@ class Bench:
         self.sampler: RssSampler | None = None
         self.export: dict[str, Any] = {}
         self.slot = 2
+        self.keep_files: set[str] = set()  # uploads whose GridFS files a later figure still reads
         self.round_connected = False
+        self.client_count = max(plan.subscribers, plan.round_clients)
 
     # --- setup -------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -136,12 +138,12 @@ class Bench:
         }
         unusable = make_password(None)
         names = ([f"{prefix}-manager", f"{prefix}-exporter"] + [f"{prefix}-ingest-{i:02d}" for i in range(16)]
-                 + [f"{prefix}-client-{i:05d}" for i in range(self.plan.round_clients)])
+                 + [f"{prefix}-client-{i:05d}" for i in range(self.client_count)])
         User.objects.bulk_create([User(username=n, password=unusable) for n in names], batch_size=500)
         users = {u.username: u for u in User.objects.filter(username__startswith=f"{prefix}-")}
         manager, exporter = users[f"{prefix}-manager"], users[f"{prefix}-exporter"]
         ingest = [users[f"{prefix}-ingest-{i:02d}"] for i in range(16)]
-        clients = [users[f"{prefix}-client-{i:05d}"] for i in range(self.plan.round_clients)]
+        clients = [users[f"{prefix}-client-{i:05d}"] for i in range(self.client_count)]
         memberships = [Membership(pool=p, user=manager, role=Role.MANAGER) for p in pools.values()]
         memberships += [Membership(pool=pools[k], user=exporter, role=Role.EXPORTER) for k in ("export", "round")]
         memberships += [Membership(pool=pools[k], user=u, role=Role.CONTRIBUTOR) for k in ("ingest", "export")
@@ -203,6 +205,50 @@ class Bench:
                     total += times.user + times.system
         return total
 
+    def filestore(self) -> tuple[Any, str, int]:
+        """(database, uploads bucket name, GridFS chunk size) of the file store poolhub writes to."""
+        import pymongo
+
+        from uploads.storage import GRIDFS_CHUNK_BYTES, UPLOADS_BUCKET
+
+        client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(os.environ["MONGO_URL"])
+        return client[self._mongo_db()], UPLOADS_BUCKET, int(GRIDFS_CHUNK_BYTES)
+
+    def filestore_size(self) -> tuple[int, float]:
+        """Files and MB in the uploads bucket now."""
+        db, bucket, chunk_size = self.filestore()
+        try:
+            files = db[f"{bucket}.files"].estimated_document_count()
+            chunks = db[f"{bucket}.chunks"].estimated_document_count()
+            return int(files), chunks * chunk_size / MB
+        finally:
+            db.client.close()
+
+    def prune(self) -> None:
+        """Delete the GridFS files of bench uploads that no later figure reads (bench data only).
+
+        Every GridFS write into SecantusDB costs time in proportion to the bytes already stored
+        (see the profile notes), so without this each figure would run slower than the last; the
+        uploads stay `stored` in the database, only their bytes go."""
+        if os.environ.get("BENCH_KEEP_FILES"):
+            return
+        from django.db import connection
+
+        from uploads.models import Upload
+
+        ids = [str(i) for i in Upload.objects.filter(pool_id__in=self.pool_ids, status="stored")
+               .values_list("id", flat=True)]
+        connection.close()
+        doomed = [i for i in ids if i not in self.keep_files]
+        db, bucket, _ = self.filestore()
+        try:
+            for start in range(0, len(doomed), 200):
+                batch = doomed[start:start + 200]
+                db[f"{bucket}.chunks"].delete_many({"files_id": {"$in": batch}})
+                db[f"{bucket}.files"].delete_many({"_id": {"$in": batch}})
+        finally:
+            db.client.close()
+
     def endpoints(self, *needed: str) -> None:
         """Raise NotMeasured naming every endpoint (or the websocket route) that does not exist yet."""
         from django.urls import Resolver404, resolve
@@ -237,6 +283,10 @@ class Bench:
         log(f"figure {key}: {title}")
         started = time.monotonic()
         try:
+            if key != "1":
+                self.prune()
+            files, megabytes = self.filestore_size()
+            entry["notes"].append(f"The uploads bucket held {files} files ({megabytes:.0f} MB) when this figure began.")
             body(entry)
         except NotMeasured as exc:
             entry["status"] = str(exc)
@@ -279,6 +329,7 @@ class Bench:
                     if target == "poolhub":
                         drained = self.drain()
                         drains.append(drained)
+                        self.prune()
                         self.drain_rates.append(result["files"] / (result["elapsed"] + drained))
                         cpu_ms["worker"].append(1000 * (self.cpu("worker") - worker_before) / max(1, result["files"]))
             entry["notes"].append(
@@ -329,6 +380,20 @@ class Bench:
             self.drain()
             return steady
 
+        _, bucket, chunk_size = self.filestore()
+        before = self.filestore_size()
+        if before[1] > 50:
+            # What figure 1's stored bytes cost every GridFS write, measured before they are pruned.
+            loaded = self.call("gridfs_put", mongo_url=os.environ["MONGO_URL"], db=self._mongo_db(), count=5,
+                               size=200 * KIB, bucket=bucket, chunk_size=chunk_size)["durations"]
+            self.prune()
+            after = self.filestore_size()
+            empty = self.call("gridfs_put", mongo_url=os.environ["MONGO_URL"], db=self._mongo_db(), count=5,
+                              size=200 * KIB, bucket=bucket, chunk_size=chunk_size)["durations"]
+            entry["rows"].append(report.row(
+                f"raw GridFS put of 200 KiB with {before[1]:.0f} MB stored", "s", loaded,
+                baseline_name=f"the same with {after[1]:.0f} MB stored", baseline_values=empty,
+                note="shows what the bytes already in the file store cost each write (see the profile notes)"))
         for _ in range(plan.runs):
             steady = one_run()
             events = self.call("events", ids=steady["ids"], token=self.tokens["manager"])
@@ -340,7 +405,8 @@ class Bench:
                 p[f"p{pq}"].append(percentile(latencies, pq))
             accept.append(percentile(steady["accept_seconds"], 50))
             puts = self.call("gridfs_put", mongo_url=os.environ["MONGO_URL"], db=self._mongo_db(),
-                             count=min(plan.gridfs_put_max, len(latencies)), size=200 * KIB)["durations"]
+                             count=min(plan.gridfs_put_max, len(latencies)), size=200 * KIB, bucket=bucket,
+                             chunk_size=chunk_size)["durations"]
             for pq in (50, 95, 99):
                 raw[f"p{pq}"].append(percentile(puts, pq))
         for q in ("p50", "p95", "p99"):
@@ -354,7 +420,8 @@ class Bench:
             f"200 KiB uploads sent open-loop at {rate:g}/s (half the slowest accept-plus-store throughput measured "
             f"in figure 1) for {plan.steady_seconds:g} s per run, {sum(counts)} uploads in all; latency is "
             "`upload.stored.at - upload.cached.at` from each upload's event log (server clocks). Baseline: "
-            "one-at-a-time `GridFSBucket.upload_from_stream` of the same size from the load generator process.")
+            "one-at-a-time `GridFSBucket.upload_from_stream` of the same size into the same bucket (`uploads`, same "
+            "chunk size) from the load generator process, right after each run.")
 
     def _mongo_db(self) -> str:
         from django.conf import settings
@@ -420,6 +487,7 @@ class Bench:
         group = str(groups.pop())
         lease = self.call("claim", group=group, manager_token=self.tokens["manager"],
                           exporter_token=self.tokens["exporter"], timeout=300)["lease"]
+        self.keep_files.update(loaded["ids"])  # figure 6 exports this group again
         bucket, ids = self._gridfs_files(loaded["ids"])
         total = plan.export_files * plan.export_file_size
         self.export = {"group": group, "lease": lease, "bytes": total}
@@ -637,6 +705,8 @@ class Bench:
             log(f"no repeatable run for {name}; no profile")
             return None
         procs, action = self.repeaters[name]
+        if "worker" in procs and self.stack.has("filestore"):
+            procs = [*procs, "filestore"]  # the embedded file store is Python too: see where its time goes
         log(f"profiling {name} ({', '.join(procs)})")
         spies = []
         rate = int(os.environ.get("BENCH_PROFILE_RATE", "100"))
@@ -766,9 +836,10 @@ def main() -> None:
     if history_path.exists():
         history = [json.loads(line) for line in history_path.read_text().splitlines() if line.strip()]
     entry = report.history_entry(results)
-    history.append(entry)
-    with history_path.open("a") as handle:
-        handle.write(json.dumps(entry) + "\n")
+    if entry["rows"]:  # a run that measured nothing is no "before"
+        history.append(entry)
+        with history_path.open("a") as handle:
+            handle.write(json.dumps(entry) + "\n")
     notes_path = BASE_DIR / "bench" / "profile_notes.md"
     notes = notes_path.read_text() if notes_path.exists() else ""
     report.write(output, results, notes, [h for h in history if h["quick"] == quick])

@@ -115,7 +115,8 @@ class Stack:
         self.config["web"] = "uvicorn poolhub.asgi:application --ws websockets-sansio --lifespan off (1 process)"
         self.config["worker"] = f"celery worker, prefork, concurrency {concurrency}, prefetch 1"
         self.config["baseline"] = "uvicorn bench.bare_app:app with the same flags (1 process)"
-        self.spawn("worker", [str(BIN / "celery"), "-A", "celery_app", "worker", "--loglevel", "WARNING",
+        self.spawn("worker", [str(BIN / "celery"), "-A", "celery_app", "worker", "--loglevel",
+                              self.env.get("BENCH_WORKER_LOGLEVEL", "WARNING"),
                               "--concurrency", concurrency, "--prefetch-multiplier", "1", "-Q",
                               self.env["CELERY_QUEUE"], "--without-gossip", "--without-mingle",
                               "--hostname", f"bench-{os.getpid()}@%h"])
@@ -162,7 +163,12 @@ class Stack:
         return reply
 
     def pid(self, name: str) -> int:
-        return self.children[name].pid
+        if name in self.children:
+            return self.children[name].pid
+        return next(s.process.pid for s in self.embedded if s.name == name)
+
+    def has(self, name: str) -> bool:
+        return name in self.children or any(s.name == name for s in self.embedded)
 
     def stop(self) -> None:
         if self.loadgen is not None and self.loadgen.poll() is None:
