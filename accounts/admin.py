@@ -7,6 +7,7 @@ from typing import Any
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
+from django.db import models
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404, render
@@ -43,6 +44,7 @@ class BulkMembersForm(forms.Form):
 
 @admin.register(Pool)
 class PoolAdmin(admin.ModelAdmin):
+    formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
     list_display = ["name", "window_seconds", "grace_seconds", "late_policy", "member_count", "created_at"]
     search_fields = ["name"]
     inlines = [MembershipInline]

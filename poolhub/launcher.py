@@ -65,7 +65,8 @@ class Stack:
         port = self.env.get("PORT", "8000")
         bin_dir = Path(sys.executable).parent
         self.spawn("web", [str(bin_dir / "uvicorn"), "poolhub.asgi:application", "--host", host, "--port", port,
-                           "--ws", "websockets-sansio", "--lifespan", "off", "--no-server-header", "--log-level",
+                           "--ws", "websockets-sansio", "--lifespan", "off", "--no-server-header",
+                           "--timeout-graceful-shutdown", "10", "--log-level",
                            self.env.get("UVICORN_LOG_LEVEL", "info")])
         log(f"web (ASGI: API, websockets, admin) on http://{host}:{port}/")
         concurrency = self.env.get("CELERY_CONCURRENCY", "2")

@@ -42,7 +42,8 @@ def start_web(env: dict[str, str] | None = None) -> tuple[subprocess.Popen[bytes
     port = free_port()
     process = subprocess.Popen(
         [str(BIN / "uvicorn"), "poolhub.asgi:application", "--host", "127.0.0.1", "--port", str(port),
-         "--ws", "websockets-sansio", "--lifespan", "off", "--log-level", "warning"],
+         "--ws", "websockets-sansio", "--lifespan", "off", "--log-level", "warning",
+         "--timeout-graceful-shutdown", "2"],
         cwd=BASE_DIR, env=env or child_env(), start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
