@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+IDLE_SECONDS = 3.0  # below uvicorn's default --timeout-keep-alive (5 s)
 
 
 @dataclass
@@ -69,6 +70,7 @@ class Connection:
         self.port = port
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
+        self.last_used = 0.0
 
     async def _open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         if self.reader is None or self.writer is None or self.writer.is_closing():
@@ -84,13 +86,29 @@ class Connection:
 
     async def send(self, raw: bytes, *, keep_body: bool = True,
                    on_chunk: Callable[[int], None] | None = None) -> Response:
-        """Send one prebuilt request and read its response (body kept or only counted)."""
+        """Send one prebuilt request and read its response (body kept or only counted).
+
+        uvicorn closes a kept-alive connection after 5 idle seconds: a connection idle for longer
+        is replaced first, and a request that finds its reused connection closed before any byte
+        of the answer is sent once more on a new one (the server never saw it)."""
         loop = asyncio.get_running_loop()
+        if self.writer is not None and loop.time() - self.last_used > IDLE_SECONDS:
+            await self.close()
+        reused = self.writer is not None
         started = loop.time()
-        reader, writer = await self._open()
-        writer.write(raw)
-        await writer.drain()
-        head = await reader.readuntil(b"\r\n\r\n")
+        try:
+            reader, writer = await self._open()
+            writer.write(raw)
+            await writer.drain()
+            head = await reader.readuntil(b"\r\n\r\n")
+        except (asyncio.IncompleteReadError, ConnectionError):
+            if not reused:
+                raise
+            await self.close()
+            reader, writer = await self._open()
+            writer.write(raw)
+            await writer.drain()
+            head = await reader.readuntil(b"\r\n\r\n")
         status_line, *header_lines = head.decode("latin1").split("\r\n")
         status = int(status_line.split(" ", 2)[1])
         headers: dict[str, str] = {}
@@ -138,6 +156,7 @@ class Connection:
             await self.close()
         if headers.get("connection", "").lower() == "close":
             await self.close()
+        self.last_used = loop.time()
         return Response(status=status, headers=headers, body=bytes(body), size=size,
                         elapsed=loop.time() - started)
 

@@ -14,6 +14,9 @@ from typing import Any
 
 from bench.stats import Summary, Target, fmt, ratios
 
+# Rows whose history the report shows beside the profiled one (matched as name prefixes).
+EXPERIMENT_ROWS = ("1: 200 KiB files, 1 client, files/s", "1: 200 KiB files, 16 clients, files/s",
+                   "2: accepted-to-stored p95", "6: worker RSS growth, one", "7: round of")
 PROJECT_DIRS = ("accounts/", "uploads/", "notifications/", "batching/", "poolhub/", "bench/")
 
 
@@ -105,7 +108,8 @@ def profile_markdown(profile: dict[str, Any] | None, notes: str, history: Sequen
     else:
         lines += [f"Furthest from its target in this run: **{profile['figure']}: {profile['row']}** "
                   f"(score {fmt(profile['score'])}, where 1 is exactly on target). One more repetition of it ran "
-                  f"under py-spy ({profile.get('rate', 100)} samples/s, CPU-busy samples only).", ""]
+                  f"under py-spy ({profile.get('rate', 100)} samples/s, `--gil`: only the thread holding the GIL, so "
+                  f"the shares are of the process's Python CPU time).", ""]
         for proc in profile.get("processes", []):
             lines += [f"**{proc['name']}** ({proc['samples']} samples)", ""]
             if proc.get("error"):
@@ -120,18 +124,26 @@ def profile_markdown(profile: dict[str, Any] | None, notes: str, history: Sequen
             lines.append("")
     if notes.strip():
         lines += ["### What the profile showed, and what was changed", "", notes.strip(), ""]
-    if profile and history:
-        name = f"{profile['figure']}: {profile['row']}"
-        rows = [h for h in history if name in h.get("rows", {})]
-        if rows:
-            lines += [f"### Before and after: {name}, in every recorded run of this mode", "",
-                      "| run (UTC) | commit | median | ratio median | target |", "|---|---|---|---|---|"]
-            for h in rows[-8:]:
-                entry = h["rows"][name]
-                met = "met" if entry.get("met") else ("missed" if entry.get("met") is False else "-")
-                lines.append(f"| {h['when']} | `{h['commit'][:10]}`{' (+ uncommitted)' if h.get('dirty') else ''} "
-                             f"| {fmt(entry.get('median'))} | {fmt(entry.get('ratio'))} | {met} |")
-            lines.append("")
+    if history:
+        wanted = [f"{profile['figure']}: {profile['row']}"] if profile else []
+        wanted += [name for name in EXPERIMENT_ROWS if name not in wanted]
+        shown = [h for h in history if h.get("label") or h is history[-1]]
+        lines += ["### Before and after", "",
+                  "Runs recorded in bench/history.jsonl by this harness (the last line is this run; labelled "
+                  "lines are experiments, each run with the change its label names). Rows are matched by name "
+                  "prefix, so a smaller experimental round still lines up with the full one.", "",
+                  "| run (UTC) | code | measure | median | ratio median | target |", "|---|---|---|---|---|---|"]
+        for h in shown[-12:]:
+            for prefix in wanted:
+                for name, entry in h.get("rows", {}).items():
+                    if not name.startswith(prefix):
+                        continue
+                    met = "met" if entry.get("met") else ("missed" if entry.get("met") is False else "-")
+                    code = f"`{h['commit'][:10]}`" + (" + uncommitted" if h.get("dirty") else "")
+                    code += f", {h['label']}" if h.get("label") else ""
+                    lines.append(f"| {h['when']} | {code} | {name} | {fmt(entry.get('median'))} "
+                                 f"| {fmt(entry.get('ratio'))} | {met} |")
+        lines.append("")
     return lines
 
 

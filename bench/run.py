@@ -713,7 +713,7 @@ class Bench:
         for proc in procs:
             out = self.run_dir / f"profile-{proc}.txt"
             args = [str(BIN / "py-spy"), "record", "--pid", str(self.stack.pid(proc)), "--rate", str(rate),
-                    "--format", "raw", "--output", str(out), "--nonblocking"]
+                    "--format", "raw", "--output", str(out), "--nonblocking", "--gil"]
             if proc == "worker":
                 args.append("--subprocesses")
             with open(self.run_dir / f"py-spy-{proc}.log", "ab") as spy_log:
@@ -748,6 +748,7 @@ class Bench:
     # --- the run -------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         started = datetime.now(UTC)
+        code = git_state()  # the code the servers start with (others may commit during the run)
         profile = None
         try:
             self.setup()
@@ -772,7 +773,7 @@ class Bench:
         self.figures.sort(key=lambda f: f["key"])
         return {
             "meta": {"started": started.strftime("%Y-%m-%d %H:%M:%S"), "finished": finished.strftime("%H:%M:%S"),
-                     "duration_s": (finished - started).total_seconds(), "quick": self.quick, **git_state()},
+                     "duration_s": (finished - started).total_seconds(), "quick": self.quick, **code},
             "machine": machine(self.stack.config),
             "config": {**self.stack.config, "beat": "not started: the figures close windows with the trigger",
                        "load generator": "one separate Python process (asyncio; raw HTTP/1.1 client, `websockets` "
@@ -816,7 +817,11 @@ def main() -> None:
     quick = os.environ.get("BENCH_QUICK", "") not in ("", "0")
     output = Path(os.environ.get("BENCH_OUTPUT") or BASE_DIR / "BENCHMARKS.md")
     history_path = BASE_DIR / "bench" / "history.jsonl"
-    bench = Bench(QUICK if quick else FULL, quick)
+    plan = QUICK if quick else FULL
+    if os.environ.get("BENCH_ROUND_CLIENTS"):  # experiments: a smaller round than the issue's
+        plan.round_clients = int(os.environ["BENCH_ROUND_CLIENTS"])
+        plan.notes.append(f"BENCH_ROUND_CLIENTS={plan.round_clients}: a smaller round than the issue's 1,000.")
+    bench = Bench(plan, quick)
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt
@@ -836,6 +841,7 @@ def main() -> None:
     if history_path.exists():
         history = [json.loads(line) for line in history_path.read_text().splitlines() if line.strip()]
     entry = report.history_entry(results)
+    entry["label"] = os.environ.get("BENCH_LABEL", "")  # what an experiment changed, if anything
     if entry["rows"]:  # a run that measured nothing is no "before"
         history.append(entry)
         with history_path.open("a") as handle:

@@ -99,7 +99,8 @@ def test_report_carries_every_figure_its_status_and_the_profile() -> None:
     assert "≥ 50%: **met**" in text
     assert "| upload | 9.00 | 75% |" in text  # a round's phases with their share of the total
     assert "The view spends its time in X." in text
-    assert "Before and after: 1: 200 KiB, files/s" in text
+    assert "### Before and after" in text
+    assert "| 2026-11-28 03:50:00 | `abc123` | 1: 200 KiB, files/s | 11.0 | 0.110 | missed |" in text
     assert "figure 4: something" in text
 
 
