@@ -842,7 +842,8 @@ def main() -> None:
         history = [json.loads(line) for line in history_path.read_text().splitlines() if line.strip()]
     entry = report.history_entry(results)
     entry["label"] = os.environ.get("BENCH_LABEL", "")  # what an experiment changed, if anything
-    if entry["rows"]:  # a run that measured nothing is no "before"
+    partial = bool(os.environ.get("BENCH_FIGURES")) and not entry["label"]
+    if entry["rows"] and not partial:  # a run that measured nothing, or a bit unlabelled, is no "before"
         history.append(entry)
         with history_path.open("a") as handle:
             handle.write(json.dumps(entry) + "\n")
