@@ -61,6 +61,7 @@ class Socket:
         output = await self.communicator.receive_output(timeout)
         if output["type"] == "websocket.close":
             self.closed_with = output.get("code")
+            await self._gone()
             return {"closed": output.get("code")}
         return dict(json.loads(output["text"]))
 
@@ -101,8 +102,15 @@ class Socket:
             if frame.get("seq") == seq:
                 return frames
 
+    async def _gone(self) -> None:
+        """The server closed the socket: tell the app the peer is gone, as a server does, and
+        let it finish (it leaves its groups)."""
+        await self.communicator.send_input({"type": "websocket.disconnect", "code": self.closed_with or 1000})
+        await self.communicator.wait(1)
+
     async def close(self) -> None:
-        await self.communicator.disconnect()
+        if self.closed_with is None:
+            await self.communicator.disconnect()
 
 
 async def connected(user: User, **kwargs: Any) -> Socket:
