@@ -26,6 +26,12 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
+@pytest.fixture
+def memory_layer(settings: Any) -> None:
+    """For tests of a socket that never joins a group: no Redis receive loop to outlive the test."""
+    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+
 @pytest.fixture(autouse=True)
 def _fresh_channel_layer() -> None:
     """Each test runs on its own event loop: give it its own channel layer object (channels-redis

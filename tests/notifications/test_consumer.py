@@ -47,6 +47,7 @@ async def test_token_in_subprotocol_authenticates_without_a_frame(contributor):
     await socket.close()
 
 
+@pytest.mark.usefixtures("memory_layer")
 @pytest.mark.parametrize("token", ["not-a-jwt", "a.b.c"])
 async def test_bad_token_gets_an_error_and_the_socket_closes(db, token):
     socket = Socket()
@@ -56,6 +57,7 @@ async def test_bad_token_gets_an_error_and_the_socket_closes(db, token):
     assert "closed" in await socket.recv()
 
 
+@pytest.mark.usefixtures("memory_layer")
 async def test_expired_token_is_refused(contributor):
     def expired() -> str:
         token = AccessToken.for_user(contributor)
@@ -69,6 +71,7 @@ async def test_expired_token_is_refused(contributor):
     assert "closed" in await socket.recv()
 
 
+@pytest.mark.usefixtures("memory_layer")
 async def test_logged_out_token_is_refused(contributor):
     token = await run(access_for, user=contributor)
     await run(access_token_deny, token=AccessToken(token))
@@ -79,6 +82,7 @@ async def test_logged_out_token_is_refused(contributor):
     assert "closed" in await socket.recv()
 
 
+@pytest.mark.usefixtures("memory_layer")
 async def test_revoked_token_in_subprotocol_is_refused(contributor):
     token = await run(access_for, user=contributor)
     await run(access_token_deny, token=AccessToken(token))
@@ -88,6 +92,7 @@ async def test_revoked_token_in_subprotocol_is_refused(contributor):
     assert "closed" in await socket.recv()
 
 
+@pytest.mark.usefixtures("memory_layer")
 async def test_frames_before_authentication_are_refused(contributor, pool):
     socket = Socket()
     await socket.open()
@@ -97,6 +102,7 @@ async def test_frames_before_authentication_are_refused(contributor, pool):
     assert "closed" in await socket.recv()
 
 
+@pytest.mark.usefixtures("memory_layer")
 async def test_no_authentication_in_time_closes_the_socket(db, settings):
     settings.POOLHUB_WS_AUTH_SECONDS = 0.2
     socket = Socket()
@@ -105,6 +111,7 @@ async def test_no_authentication_in_time_closes_the_socket(db, settings):
     assert socket.closed_with is None and "closed" in await socket.recv()
 
 
+@pytest.mark.usefixtures("memory_layer")
 async def test_foreign_origin_is_refused(db):
     socket = Socket(origin=b"http://evil.example")
     accepted, _ = await socket.open()
