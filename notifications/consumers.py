@@ -16,11 +16,12 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
-from channels.db import database_sync_to_async
+from asgiref.sync import sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
+from django.db import close_old_connections
 from rest_framework.exceptions import APIException
 
 from accounts.models import User
@@ -30,6 +31,7 @@ from poolhub.errors import ApiError, BadRequest
 from poolhub.errors import _describe as describe_error
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 SUBPROTOCOL = "poolhub"
 BEARER_PREFIX = "bearer."
@@ -37,9 +39,21 @@ CLOSE_UNAUTHENTICATED = 4401  # bad, expired, revoked or missing credentials
 CLOSE_AUTH_TIMEOUT = 4408  # no credentials within the deadline
 _DELIVERED_MEMORY = 10_000  # seqs remembered per socket, so a push and its replay arrive once
 
-# Sync work (ORM, Redis) runs in the executor's threads, not in the one thread Django keeps for
-# thread-sensitive code: sockets of one process do not queue behind each other's chunks.
-in_thread = functools.partial(database_sync_to_async, thread_sensitive=False)
+
+def in_thread(func: Callable[..., T]) -> Callable[..., Awaitable[T]]:
+    """Run sync work (ORM, Redis) in the executor's threads, not in the one thread Django keeps for
+    thread-sensitive code, so sockets of one process do not queue behind each other's chunks.
+    The thread's database connection is released afterwards, as after a request."""
+
+    @functools.wraps(func)
+    def closing(*args: Any, **kwargs: Any) -> T:
+        try:
+            return func(*args, **kwargs)
+        finally:
+            close_old_connections()
+
+    return sync_to_async(closing, thread_sensitive=False)
+
 
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any] | None]]
 
