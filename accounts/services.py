@@ -112,10 +112,12 @@ def pool_member_add(*, pool: Pool, username: str, role: Role | str) -> Membershi
         raise _invalid("username", "no user with this username", code="unknown_user")
     try:
         with transaction.atomic():
-            return Membership.objects.create(pool=pool, user=user, role=role)
+            membership = Membership.objects.create(pool=pool, user=user, role=role)
     except IntegrityError as exc:
         raise Conflict(f"{username} is already a member of this pool",
                        details={"fields": {"username": ["already a member"]}}) from exc
+    _membership_changed(pool=pool, user_id=user.id)  # their open sockets start hearing the pool
+    return membership
 
 
 def pool_members_add_many(*, pool: Pool, usernames: list[str], role: Role | str) -> int:
@@ -124,6 +126,8 @@ def pool_members_add_many(*, pool: Pool, usernames: list[str], role: Role | str)
     existing = set(Membership.objects.filter(pool=pool, user__in=users).values_list("user_id", flat=True))
     new = [Membership(pool=pool, user=u, role=role) for u in users if u.id not in existing]
     Membership.objects.bulk_create(new, batch_size=1000)
+    for membership in new:
+        _membership_changed(pool=pool, user_id=membership.user_id)
     return len(new)
 
 
@@ -148,7 +152,7 @@ def pool_member_remove(*, pool: Pool, username: str) -> None:
 
 
 def _membership_changed(*, pool: Pool, user_id: Any) -> None:
-    from notifications.services import membership_changed  # sockets drop the pool's pushes
+    from notifications.services import membership_changed  # sockets re-read their pools
 
     transaction.on_commit(lambda: membership_changed(pool_id=pool.id, user_id=user_id))
 

@@ -110,8 +110,17 @@ AUTH_USER_MODEL = "accounts.User"
 REDIS_URL = env_str("REDIS_URL", f"unix://{VAR_DIR / 'redis.sock'}")
 
 
+def _redis_db(url: str) -> int:
+    parts = urlsplit(url)
+    raw = dict(parse_qsl(parts.query)).get("db") if parts.scheme == "unix" else parts.path.strip("/")
+    try:
+        return int(raw or 0)
+    except ValueError as exc:
+        raise ImproperlyConfiguredEnv(f"REDIS_URL names no valid database: {url!r}") from exc
+
+
 def _redis_db_url(url: str, db: int) -> str:
-    """The same Redis server, another logical database (channel layer and broker stay apart)."""
+    """The same Redis server, another logical database."""
     parts = urlsplit(url)
     if parts.scheme == "unix":
         query = dict(parse_qsl(parts.query))
@@ -121,10 +130,12 @@ def _redis_db_url(url: str, db: int) -> str:
 
 
 def _broker_from_redis(url: str) -> str:
+    """With no CELERY_BROKER_URL, the queues live in the next logical database of REDIS_URL's server."""
+    db = (_redis_db(url) + 1) % 16
     parts = urlsplit(url)
     if parts.scheme == "unix":
-        return f"redis+socket://{parts.path}?virtual_host=1"
-    return _redis_db_url(url, 1)
+        return f"redis+socket://{parts.path}?virtual_host={db}"
+    return _redis_db_url(url, db)
 
 
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", _broker_from_redis(REDIS_URL))
@@ -137,7 +148,10 @@ CHANNEL_LAYERS = {
         "CONFIG": {
             # Each socket waits on BZPOPMIN for 5 s at a time; redis-py's default 5 s read timeout
             # would fire first and kill idle sockets (measured): the read timeout must be longer.
-            "hosts": [{"address": _redis_db_url(REDIS_URL, 2), "socket_timeout": 15, "socket_connect_timeout": 5}],
+            "hosts": [{"address": REDIS_URL, "socket_timeout": 15, "socket_connect_timeout": 5}],
+            # Same database as staging, under its own key prefix: two deployments (or test runs)
+            # that use different REDIS_URL databases share nothing.
+            "prefix": "poolhub:ws",
             # Pushes to a pool of thousands cost one message per web process, not per socket
             # (docs/realtime.md); a process or socket this far behind drops pushes, `resume` replays.
             "capacity": env_int("CHANNEL_CAPACITY", 1000),
@@ -293,6 +307,7 @@ LOGGING = {
 CACHES = {
     "default": {
         "BACKEND": "django.core.cache.backends.redis.RedisCache",
-        "LOCATION": _redis_db_url(REDIS_URL, 3),
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": "poolhub:cache",
     }
 }

@@ -10,7 +10,7 @@ import pytest
 from rest_framework_simplejwt.tokens import AccessToken
 
 from accounts.models import Pool
-from accounts.services import pool_member_remove, user_logout
+from accounts.services import pool_member_add, pool_member_remove, user_logout
 from accounts.tokens import access_token_deny
 from tests.notifications.conftest import (
     Socket,
@@ -231,6 +231,22 @@ async def test_removed_member_stops_receiving_the_pool(pool, manager, listener):
     assert [f["seq"] for f in frames[:-1]] == [own.seq]
     await staying.close()
     await leaving.close()
+
+
+async def test_added_member_starts_receiving_the_pool_on_an_open_socket(pool, outsider):
+    socket = await connected(outsider)  # connected before they belong to `pool`
+    await run(pool_member_add, pool=await run(Pool.objects.get, id=pool.id), username="outsider", role="listener")
+    # The socket subscribes when it handles the change; a push sent before that is only in the
+    # log (for `resume`), so push until one arrives live, without reconnecting or resuming.
+    received: list[dict[str, object]] = []
+    for _ in range(20):
+        closed = await run(group_closed, pool_id=pool.id)
+        if not await socket.communicator.receive_nothing(timeout=1):
+            received.append(await socket.recv())
+            break
+    assert received and received[0]["type"] == "group.closed" and received[0]["pool"] == str(pool.id)
+    assert received[0]["seq"] <= closed.seq
+    await socket.close()
 
 
 async def test_an_expiring_token_closes_the_socket(contributor):
