@@ -749,6 +749,7 @@ class Bench:
     def run(self) -> dict[str, Any]:
         started = datetime.now(UTC)
         code = git_state()  # the code the servers start with (others may commit during the run)
+        load_before = os.getloadavg()
         profile = None
         try:
             self.setup()
@@ -774,7 +775,9 @@ class Bench:
         return {
             "meta": {"started": started.strftime("%Y-%m-%d %H:%M:%S"), "finished": finished.strftime("%H:%M:%S"),
                      "duration_s": (finished - started).total_seconds(), "quick": self.quick, **code},
-            "machine": machine(self.stack.config),
+            "machine": {**machine(self.stack.config),
+                        "load": f"1-minute load average {load_before[0]:.2f} when the run started, "
+                                f"{os.getloadavg()[0]:.2f} when it ended (other work on the machine shows here)"},
             "config": {**self.stack.config, "beat": "not started: the figures close windows with the trigger",
                        "load generator": "one separate Python process (asyncio; raw HTTP/1.1 client, `websockets` "
                                          "client without compression)",

@@ -72,6 +72,10 @@ class Stack:
         env["CELERY_QUEUE"] = f"poolhub-bench-{os.getpid()}"
         env["POOLHUB_FAST_PASSWORD_HASHER"] = "1"  # only speeds up creating the bench's accounts
         env.pop("DEBUG", None)
+        self.config["settings for the run"] = (
+            "THROTTLE_UPLOADS and THROTTLE_AUTH raised so that rate limits do not cap the figures; "
+            "JWT_ACCESS_SECONDS=14400 so tokens outlive the run; POOLHUB_FAST_PASSWORD_HASHER=1 (account "
+            "creation only: the bench mints tokens, it never logs in); LOG_LEVEL=WARNING; everything else default")
         self.config["database"] = ("DATABASE_URL from the environment (" + _scheme(env["DATABASE_URL"]) + ")"
                                    if env.get("DATABASE_URL")
                                    else "embedded default: SQLite (WAL) in the run's directory")
