@@ -19,6 +19,7 @@ import pymongo.errors
 import redis
 from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.core.cache import caches
 from django.core.exceptions import RequestDataTooBig, SuspiciousOperation, TooManyFieldsSent, TooManyFilesSent
 from django.core.handlers.asgi import ASGIRequest
 from django.core.serializers.json import DjangoJSONEncoder
@@ -42,6 +43,14 @@ from uploads.services import BatchItem, batch_refused, upload_accept, upload_bat
 from uploads.staging import StagingMissing
 
 WRITERS = (Role.CONTRIBUTOR, Role.MANAGER)
+
+
+class UploadRateThrottle(ScopedRateThrottle):
+    """DRF's scoped throttle on one cache object per process. `django.core.cache.cache` resolves
+    per request context under ASGI, so every upload built a new Redis pool and connection
+    (found by `make bench`, see BENCHMARKS.md)."""
+
+    cache = caches.create_connection("default")
 
 
 def _user(request: Request) -> User:
@@ -196,7 +205,7 @@ def _accept_batch(form: Form, pool: Pool, user: User) -> tuple[Any, set[str]]:
 
 
 class PoolUploadCreateApi(APIView):
-    throttle_classes = [ScopedRateThrottle]
+    throttle_classes = [UploadRateThrottle]
     throttle_scope = "uploads"
 
     def post(self, request: Request, pool_id: UUID) -> Response:
@@ -205,7 +214,7 @@ class PoolUploadCreateApi(APIView):
 
 
 class PoolBatchCreateApi(APIView):
-    throttle_classes = [ScopedRateThrottle]
+    throttle_classes = [UploadRateThrottle]
     throttle_scope = "uploads"
 
     def post(self, request: Request, pool_id: UUID) -> Response:
