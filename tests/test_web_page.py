@@ -52,8 +52,6 @@ def test_static_assets_exist() -> None:
         assert (STATIC / name).stat().st_size > 0
 
 
-@pytest.mark.xfail(strict=True, reason="poolhub is not an installed app and settings has no STATICFILES_DIRS: "
-                   "add STATICFILES_DIRS = [BASE_DIR / 'poolhub' / 'static'] and remove this marker")
 def test_static_assets_are_found_for_collectstatic_and_whitenoise() -> None:
     for name in ASSETS:
         found = finders.find(name)
