@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import pytest
 from django.contrib.staticfiles import finders
 from django.test import Client
 
