@@ -208,9 +208,16 @@ class StagingWriter:
         if self.check_type and not self._type_checked and len(self._head) >= HEAD_BYTES:
             self._check_type()
         chunk_bytes = int(settings.POOLHUB_STAGING_CHUNK_BYTES)
-        while len(self._buffer) >= chunk_bytes:
-            self._push(bytes(self._buffer[:chunk_bytes]))
-            del self._buffer[:chunk_bytes]
+        if len(self._buffer) < chunk_bytes:
+            return
+        pushed = 0
+        try:
+            with memoryview(self._buffer) as view:  # one copy per staged chunk, not two (make bench's profile)
+                while len(self._buffer) - pushed >= chunk_bytes:
+                    self._push(view[pushed:pushed + chunk_bytes].tobytes())
+                    pushed += chunk_bytes
+        finally:  # what reached staging leaves the buffer, also when a later push fails
+            del self._buffer[:pushed]
 
     def flush(self) -> None:
         """Push buffered bytes now (a chunked transfer acknowledges only what is staged)."""
