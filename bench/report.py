@@ -57,6 +57,11 @@ def _cell(summary: dict[str, Any] | None) -> str:
     return f"{fmt(summary['median'])} ({fmt(summary['min'])}-{fmt(summary['max'])})"
 
 
+def _label(r: dict[str, Any]) -> str:
+    """A row's name with its unit, unless the name already ends with it."""
+    return r["name"] if r["name"].endswith(r["unit"]) else f"{r['name']} ({r['unit']})"
+
+
 def _verdict(r: dict[str, Any]) -> str:
     if r.get("target") is None:
         return "no target"
@@ -80,7 +85,7 @@ def figure_markdown(figure: dict[str, Any]) -> list[str]:
                   "| ratio median (min-max) | target |",
                   "|---|---|---|---|---|---|"]
         for r in rows:
-            lines.append(f"| {r['name']} ({r['unit']}) | {_cell(r['value'])} | {r['baseline_name'] or '-'} "
+            lines.append(f"| {_label(r)} | {_cell(r['value'])} | {r['baseline_name'] or '-'} "
                          f"| {_cell(r['baseline'])} | {_cell(r['ratio'])} | {_verdict(r)} |")
         lines.append("")
         notes = [f"- {r['name']}: {r['note']}" for r in rows if r.get("note")]
@@ -180,7 +185,7 @@ def render(results: dict[str, Any], notes: str = "", history: Sequence[dict[str,
             continue
         for r in figure.get("rows", []):
             if r.get("target") is not None or figure["key"] in ("3", "7"):
-                lines.append(f"| {figure['key']} | {r['name']} ({r['unit']}) | {fmt((r['value'] or {}).get('median'))} "
+                lines.append(f"| {figure['key']} | {_label(r)} | {fmt((r['value'] or {}).get('median'))} "
                              f"| {fmt((r['ratio'] or {}).get('median'))} | {_verdict(r)} |")
     lines += ["", "## Figures", ""]
     for figure in results["figures"]:

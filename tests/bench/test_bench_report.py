@@ -95,7 +95,7 @@ def test_report_carries_every_figure_its_status_and_the_profile() -> None:
     assert text.startswith("# poolhub benchmarks")
     assert "2 CPU cores" in text and "embedded default: SQLite" in text
     assert "not measured: websocket /ws/ missing" in text
-    assert "| 1 | 200 KiB, files/s (files/s) | 11.0 | 0.110 | ≥ 30%: **missed** |" in text
+    assert "| 1 | 200 KiB, files/s | 11.0 | 0.110 | ≥ 30%: **missed** |" in text
     assert "≥ 50%: **met**" in text
     assert "| upload | 9.00 | 75% |" in text  # a round's phases with their share of the total
     assert "The view spends its time in X." in text
