@@ -59,7 +59,7 @@ def _cell(summary: dict[str, Any] | None) -> str:
 
 def _label(r: dict[str, Any]) -> str:
     """A row's name with its unit, unless the name already ends with it."""
-    return r["name"] if r["name"].endswith(r["unit"]) else f"{r['name']} ({r['unit']})"
+    return r["name"] if r["name"].endswith(", " + r["unit"]) else f"{r['name']} ({r['unit']})"
 
 
 def _verdict(r: dict[str, Any]) -> str:
