@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -112,9 +113,10 @@ def test_history_entry_keys_rows_by_figure() -> None:
 
 
 def test_parse_collapsed_counts_self_and_project_frames() -> None:
+    checkout = Path(report.__file__).resolve().parent.parent  # wherever this clone lives
     text = "\n".join([
         "process 1:\"uvicorn\";run (/usr/lib/python3.11/asyncio/runners.py:118);"
-        "post (/work/main/uploads/api/views.py:240);execute (/x/site-packages/django/db/utils.py:9) 3",
+        f"post ({checkout}/uploads/api/views.py:240);execute (/x/site-packages/django/db/utils.py:9) 3",
         "process 1:\"uvicorn\";run (/usr/lib/python3.11/asyncio/runners.py:118) 1",
         "garbage line",
     ])
