@@ -38,8 +38,9 @@ def child_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def start_web(env: dict[str, str] | None = None) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
+def start_web(env: dict[str, str] | None = None, *, port: int | None = None) -> tuple[subprocess.Popen[bytes], str]:
+    """uvicorn on `port` (a free one by default; a fixed one restarts a server in place)."""
+    port = port or free_port()
     process = subprocess.Popen(
         [str(BIN / "uvicorn"), "poolhub.asgi:application", "--host", "127.0.0.1", "--port", str(port),
          "--ws", "websockets-sansio", "--lifespan", "off", "--log-level", "warning",
