@@ -30,12 +30,14 @@ from accounts.api.serializers import (
 )
 from accounts.models import Role, User
 from poolhub.errors import Forbidden
+from poolhub.throttling import process_cache
 
 
 class AuthThrottle(SimpleRateThrottle):
     """Per client address, for the endpoints that take passwords (signup, login)."""
 
     scope = "auth"
+    cache = process_cache
 
     def get_cache_key(self, request: Request, view: APIView) -> str:
         return self.cache_format % {"scope": self.scope, "ident": self.get_ident(request)}

@@ -19,7 +19,6 @@ import pymongo.errors
 import redis
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.core.cache import caches
 from django.core.exceptions import RequestDataTooBig, SuspiciousOperation, TooManyFieldsSent, TooManyFilesSent
 from django.core.handlers.asgi import ASGIRequest
 from django.core.serializers.json import DjangoJSONEncoder
@@ -34,6 +33,7 @@ from rest_framework.views import APIView
 from accounts.models import Pool, Role, User
 from accounts.selectors import pool_access
 from poolhub.errors import ApiError, BadRequest, Unavailable
+from poolhub.throttling import process_cache
 from uploads import selectors
 from uploads.api.handlers import StagedUpload, StagingUploadHandler
 from uploads.api.serializers import UploadDetailOutput, UploadListFilters, UploadOutput
@@ -46,11 +46,9 @@ WRITERS = (Role.CONTRIBUTOR, Role.MANAGER)
 
 
 class UploadRateThrottle(ScopedRateThrottle):
-    """DRF's scoped throttle on one cache object per process. `django.core.cache.cache` resolves
-    per request context under ASGI, so every upload built a new Redis pool and connection
-    (found by `make bench`, see BENCHMARKS.md)."""
+    """DRF's scoped throttle on the process-wide throttle cache (poolhub/throttling.py)."""
 
-    cache = caches.create_connection("default")
+    cache = process_cache
 
 
 def _user(request: Request) -> User:
