@@ -1,7 +1,7 @@
 """Result bytes in GridFS, and reading stored uploads back for the archive.
 
-Results live in their own bucket under the result's id (as a string). Writes go chunk by chunk
-(GridFS buffers one chunk), so memory stays bounded whatever the size.
+Results live in their own bucket under the result's id (as a string). Writes go a few GridFS
+chunks at a time (poolhub.filestore.gridfs_write), so memory stays bounded whatever the size.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import gridfs
 from pymongo.errors import PyMongoError
 
 from poolhub.errors import Unavailable
-from poolhub.filestore import bucket, mongo_db
+from poolhub.filestore import bucket, gridfs_write, mongo_db
 
 RESULTS_BUCKET = "results"
 CHUNK_BYTES = 1024 * 1024
@@ -31,13 +31,16 @@ class StoredBytes:
 
 
 def result_write(*, result_id: UUID, source: IO[bytes], filename: str) -> StoredBytes:
-    digest, size = hashlib.sha256(), 0
+    digest = hashlib.sha256()
+
+    def pieces() -> Iterator[bytes]:
+        while chunk := source.read(CHUNK_BYTES):
+            digest.update(chunk)
+            yield chunk
+
     try:
-        with bucket(RESULTS_BUCKET).open_upload_stream_with_id(str(result_id), filename or "result.bin") as stream:
-            while chunk := source.read(CHUNK_BYTES):
-                digest.update(chunk)
-                stream.write(chunk)
-                size += len(chunk)
+        size = gridfs_write(bucket_name=RESULTS_BUCKET, file_id=str(result_id), filename=filename or "result.bin",
+                            chunks=pieces())
     except PyMongoError as exc:
         result_delete(result_id=result_id)
         raise Unavailable("the file store is unavailable; post the result again") from exc

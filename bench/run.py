@@ -209,7 +209,8 @@ class Bench:
         """(database, uploads bucket name, GridFS chunk size) of the file store poolhub writes to."""
         import pymongo
 
-        from uploads.storage import GRIDFS_CHUNK_BYTES, UPLOADS_BUCKET
+        from poolhub.filestore import GRIDFS_CHUNK_BYTES
+        from uploads.storage import UPLOADS_BUCKET
 
         client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(os.environ["MONGO_URL"])
         return client[self._mongo_db()], UPLOADS_BUCKET, int(GRIDFS_CHUNK_BYTES)

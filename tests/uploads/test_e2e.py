@@ -13,14 +13,14 @@ from django.core.management import call_command
 
 from accounts.tokens import token_pair_for
 from celery_app import app
-from poolhub.filestore import mongo_db
+from poolhub.filestore import GRIDFS_CHUNK_BYTES, mongo_db
 from tests import live
 from tests.uploads.conftest import WHEN, gridfs_counts, payload, post_upload, sha, staged_keys
 from tests.uploads.test_store_faults import fail_point
 from uploads.models import Event, Upload
 from uploads.projections import projections_rebuild
 from uploads.staging import staging_exists
-from uploads.storage import GRIDFS_CHUNK_BYTES, UPLOADS_BUCKET, upload_file_iter
+from uploads.storage import UPLOADS_BUCKET, upload_file_iter
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
