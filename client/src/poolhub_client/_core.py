@@ -74,6 +74,34 @@ class TokenState:
         return expiry is not None and expiry - time.time() < margin
 
 
+class ClientSettings:
+    """What the sync and async clients share: where, which tokens, how patiently to retry."""
+
+    def __init__(self, base_url: str, *, tokens: Tokens | None, token_state: TokenState | None, on_tokens: Any,
+                 max_retries: int, max_retry_wait: float, refresh_early: bool) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.refresh_early = refresh_early  # refresh a few seconds before expiry rather than after a 401
+        self.state = token_state or TokenState(tokens=tokens, on_change=on_tokens)
+        self.max_retries = max_retries
+        self.max_retry_wait = max_retry_wait
+
+    @property
+    def tokens(self) -> Tokens | None:
+        return self.state.tokens
+
+    def _headers(self, auth: bool, extra: dict[str, str] | None) -> dict[str, str]:
+        headers = dict(extra or {})
+        if auth and self.state.tokens is not None:
+            headers["Authorization"] = f"Bearer {self.state.tokens.access}"
+        return headers
+
+    def _retry_delay(self, attempt: int, error: PoolhubError) -> float:
+        """How long to wait before trying again; raises `error` when retrying is over."""
+        if attempt > self.max_retries or (error.retry_after or 0) > self.max_retry_wait:
+            raise error
+        return backoff_delay(attempt, retry_after=error.retry_after)
+
+
 def api_url(base_url: str, path: str) -> str:
     return base_url.rstrip("/") + API_PREFIX + path
 

@@ -48,18 +48,15 @@ async def _aiter(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
         yield chunk
 
 
-class AsyncPoolhubClient:
+class AsyncPoolhubClient(_core.ClientSettings):
     """The asyncio twin of PoolhubClient: same methods, awaited, plus `listen()`."""
 
     def __init__(self, base_url: str, *, tokens: Tokens | None = None, token_state: TokenState | None = None,
                  on_tokens: Any = None, timeout: httpx.Timeout | float = DEFAULT_TIMEOUT, max_retries: int = 4,
                  max_retry_wait: float = 120.0, transport: httpx.AsyncBaseTransport | None = None,
                  verify: bool = True, refresh_early: bool = True) -> None:
-        self.base_url = base_url.rstrip("/")
-        self.refresh_early = refresh_early  # refresh a few seconds before expiry rather than after a 401
-        self.state = token_state or TokenState(tokens=tokens, on_change=on_tokens)
-        self.max_retries = max_retries
-        self.max_retry_wait = max_retry_wait
+        super().__init__(base_url, tokens=tokens, token_state=token_state, on_tokens=on_tokens,
+                         max_retries=max_retries, max_retry_wait=max_retry_wait, refresh_early=refresh_early)
         self._http = httpx.AsyncClient(timeout=timeout, transport=transport, verify=verify)
         self._refresh_lock = asyncio.Lock()
 
@@ -72,14 +69,8 @@ class AsyncPoolhubClient:
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
-    @property
-    def tokens(self) -> Tokens | None:
-        return self.state.tokens
-
     async def _wait_or_raise(self, attempt: int, error: PoolhubError) -> None:
-        if attempt > self.max_retries or (error.retry_after or 0) > self.max_retry_wait:
-            raise error
-        await asyncio.sleep(_core.backoff_delay(attempt, retry_after=error.retry_after))
+        await asyncio.sleep(self._retry_delay(attempt, error))
 
     async def _send(self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None,
                     body: MultipartBody | None = None, headers: dict[str, str] | None = None, auth: bool = True,
@@ -91,9 +82,7 @@ class AsyncPoolhubClient:
             attempt += 1
             if auth and self.refresh_early and self.state.needs_refresh():
                 await self.refresh(if_generation=self.state.generation)
-            request_headers = dict(headers or {})
-            if auth and self.state.tokens is not None:
-                request_headers["Authorization"] = f"Bearer {self.state.tokens.access}"
+            request_headers = self._headers(auth, headers)
             content = None
             if body is not None:
                 request_headers["Content-Type"] = body.content_type

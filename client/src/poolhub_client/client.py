@@ -36,7 +36,7 @@ def upload_filters(pool: str | None, user: str | None, status: str | None, group
     return {key: value for key, value in params.items() if value is not None}
 
 
-class PoolhubClient:
+class PoolhubClient(_core.ClientSettings):
     """Synchronous poolhub client. Tokens refresh by themselves; errors are typed `PoolhubError`s.
 
     Requests that are safe to repeat (GETs, and uploads, which always carry an Idempotency-Key)
@@ -48,11 +48,8 @@ class PoolhubClient:
                  on_tokens: Any = None, timeout: httpx.Timeout | float = DEFAULT_TIMEOUT, max_retries: int = 4,
                  max_retry_wait: float = 120.0, transport: httpx.BaseTransport | None = None,
                  verify: bool = True, refresh_early: bool = True) -> None:
-        self.base_url = base_url.rstrip("/")
-        self.refresh_early = refresh_early  # refresh a few seconds before expiry rather than after a 401
-        self.state = token_state or TokenState(tokens=tokens, on_change=on_tokens)
-        self.max_retries = max_retries
-        self.max_retry_wait = max_retry_wait
+        super().__init__(base_url, tokens=tokens, token_state=token_state, on_tokens=on_tokens,
+                         max_retries=max_retries, max_retry_wait=max_retry_wait, refresh_early=refresh_early)
         self._http = httpx.Client(timeout=timeout, transport=transport, verify=verify)
 
     # -- plumbing ---------------------------------------------------------------------------
@@ -66,21 +63,8 @@ class PoolhubClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    @property
-    def tokens(self) -> Tokens | None:
-        return self.state.tokens
-
-    def _headers(self, auth: bool, extra: dict[str, str] | None) -> dict[str, str]:
-        headers = dict(extra or {})
-        if auth and self.state.tokens is not None:
-            headers["Authorization"] = f"Bearer {self.state.tokens.access}"
-        return headers
-
     def _wait_or_raise(self, attempt: int, error: PoolhubError) -> None:
-        wait = _core.backoff_delay(attempt, retry_after=error.retry_after)
-        if attempt > self.max_retries or (error.retry_after or 0) > self.max_retry_wait:
-            raise error
-        time.sleep(wait)
+        time.sleep(self._retry_delay(attempt, error))
 
     def _send(self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None,
               body: MultipartBody | None = None, headers: dict[str, str] | None = None, auth: bool = True,
