@@ -24,6 +24,7 @@ from batching.models import Group, GroupStatus, Lease, LeaseEnd, Result
 from batching.selectors import group_lineage, group_upload_counts
 from batching.windows import window_bounds
 from poolhub.errors import BadRequest, Conflict, Forbidden
+from uploads.checks import timestamp_age_check
 from uploads.events import _EVENT_LOG_LOCK as EVENT_LOG_LOCK
 from uploads.events import event_append
 
@@ -122,6 +123,7 @@ def group_for_upload(*, pool: Pool, timestamp: datetime) -> Group:
     group it joins, so every move is in the log. The chosen group stays locked against a claim
     until the upload's transaction ends, so an upload never slips into a group being exported.
     """
+    timestamp_age_check(timestamp=timestamp, pool=pool)  # every way in: REST, batch, socket, tus
     with transaction.atomic():
         _event_log_lock()
         now = _now()
