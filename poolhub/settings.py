@@ -328,3 +328,8 @@ CACHES = {
         "KEY_PREFIX": "poolhub:cache",
     }
 }
+
+# --- harden (docs/configuration.md "Security and limits") -----------------------------------
+# Webhooks call public addresses only; a trusted network (or the test suite) may allow private ones.
+POOLHUB_WEBHOOK_ALLOW_PRIVATE = env_bool("POOLHUB_WEBHOOK_ALLOW_PRIVATE", False)
+POOLHUB_WEBHOOK_ALLOW_HTTP = env_bool("POOLHUB_WEBHOOK_ALLOW_HTTP", not PRODUCTION)

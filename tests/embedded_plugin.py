@@ -39,6 +39,8 @@ def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Pa
     os.environ.setdefault("THROTTLE_UPLOADS", "100000/min")
     # Unit tests run tasks inline; the `celery_worker` fixture switches to a real worker.
     os.environ.setdefault("CELERY_TASK_ALWAYS_EAGER", "1")
+    # Test receivers (webhooks) listen on 127.0.0.1; tests of the address rules turn this off.
+    os.environ.setdefault("POOLHUB_WEBHOOK_ALLOW_PRIVATE", "1")
     os.environ.setdefault("CELERY_QUEUE", f"poolhub-test-{os.getpid()}")
     if not os.environ.get("REDIS_URL"):
         service = start_redis(_run_dir / "redis")
