@@ -194,13 +194,13 @@ def _max_attempts() -> int:
 
 def store_backoff(*, attempt: int) -> float:
     """Exponential backoff with full jitter around it: base * 2^(attempt-1), times 0.5 to 1.5."""
-    base = float(getattr(settings, "POOLHUB_STORE_RETRY_BASE_SECONDS", 10))
-    ceiling = float(getattr(settings, "POOLHUB_STORE_RETRY_MAX_SECONDS", 600))
+    base = float(settings.POOLHUB_STORE_RETRY_BASE_SECONDS)
+    ceiling = float(settings.POOLHUB_STORE_RETRY_MAX_SECONDS)
     return min(ceiling, base * 2 ** max(0, attempt - 1)) * random.uniform(0.5, 1.5)
 
 
 def _lock_seconds() -> int:
-    return int(getattr(settings, "POOLHUB_STORE_LOCK_SECONDS", 30))
+    return int(settings.POOLHUB_STORE_LOCK_SECONDS)
 
 
 def upload_store(*, upload_id: UUID | str) -> StoreResult:
@@ -347,7 +347,7 @@ def uploads_stuck_redrive(*, older_than: timedelta | None = None) -> int:
     """Send the store task again for uploads `cached` longer than `older_than` (a lost publish or
     a dead worker). Safe beside a running store: the task is idempotent and locked per upload."""
     if older_than is None:
-        older_than = timedelta(seconds=int(getattr(settings, "POOLHUB_STUCK_CACHED_SECONDS", 900)))
+        older_than = timedelta(seconds=int(settings.POOLHUB_STUCK_CACHED_SECONDS))
     cutoff = timezone.now() - older_than
     ids = list(Upload.objects.filter(status=UploadStatus.CACHED, updated_at__lt=cutoff)
                .values_list("id", flat=True)[:1000])
