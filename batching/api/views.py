@@ -28,7 +28,7 @@ from batching.api.serializers import (
 from batching.archive import archive_chunks, group_archive
 from batching.models import LeaseEnd
 from batching.selectors import group_get_for, group_list, result_get_for, result_latest
-from batching.streaming import streamed_attachment
+from poolhub.downloads import streamed_download
 from poolhub.errors import BadRequest, Conflict, Unavailable
 from poolhub.filestore import Bucket, FileStoreError, file_chunks
 
@@ -98,8 +98,8 @@ class GroupArchiveApi(APIView):
         if lease.end_reason == LeaseEnd.COMPLETED:
             raise Conflict("the result for this lease is in; claim the group again to export it again")
         archive = group_archive(group=group, lease=lease)
-        return streamed_attachment(request=request, chunks=archive_chunks(archive), filename=archive.filename,
-                                   content_type="application/x-tar", length=archive.length)
+        return streamed_download(request=request, source=archive_chunks(archive), length=archive.length,
+                                 filename=archive.filename, content_type="application/x-tar")
 
 
 class GroupResultApi(APIView):
@@ -141,6 +141,5 @@ class ResultContentApi(APIView):
             chunks = file_chunks(bucket=Bucket.RESULTS, file_id=result.id)
         except FileStoreError as exc:
             raise Unavailable("the result's bytes are not readable right now") from exc
-        return streamed_attachment(request=request, chunks=chunks,
-                                   filename=result.filename, content_type="application/octet-stream",
-                                   length=result.size)
+        return streamed_download(request=request, source=chunks, length=result.size, filename=result.filename,
+                                 content_type="application/octet-stream")
