@@ -36,6 +36,10 @@ class Role(models.TextChoices):
     EXPORTER = "exporter"
 
 
+# Roles whose members may upload to a pool, on every path (REST, websocket transfers).
+WRITER_ROLES = (Role.CONTRIBUTOR, Role.MANAGER)
+
+
 class LatePolicy(models.TextChoices):
     ACCEPT = "accept"
     NEXT = "next"
