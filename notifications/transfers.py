@@ -48,11 +48,11 @@ Writers = MutableMapping[str, StagingWriter]
 
 def chunk_bytes() -> int:
     """The largest decoded chunk a `write-chunk` may carry (base64 adds a third on the wire)."""
-    return int(getattr(settings, "POOLHUB_WS_CHUNK_BYTES", 512 * 1024))
+    return int(settings.POOLHUB_WS_CHUNK_BYTES)
 
 
 def transfer_ttl() -> int:
-    return int(getattr(settings, "POOLHUB_WS_TRANSFER_TTL_SECONDS", 3600))
+    return int(settings.POOLHUB_WS_TRANSFER_TTL_SECONDS)
 
 
 def _state_key(transfer_id: str) -> str:
@@ -85,7 +85,7 @@ def _int_field(frame: dict[str, Any], name: str) -> int:
 
 
 def max_open() -> int:
-    return int(getattr(settings, "POOLHUB_WS_MAX_OPEN_TRANSFERS", 32))
+    return int(settings.POOLHUB_WS_MAX_OPEN_TRANSFERS)
 
 
 def _user_key(user_id: Any) -> str:

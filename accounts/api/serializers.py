@@ -71,6 +71,12 @@ class PoolSerializer(serializers.ModelSerializer):
     late_policy = serializers.ChoiceField(choices=LatePolicy.choices, required=False)
     webhook_secret = serializers.CharField(write_only=True, required=False, allow_blank=True, max_length=128)
 
+    def validate_webhook_url(self, value: str) -> str:
+        from batching.webhooks import webhook_url_check  # public addresses only (server-side request forgery)
+
+        webhook_url_check(url=value)
+        return value
+
     class Meta:
         model = Pool
         fields = ["id", "name", "window_seconds", "grace_seconds", "max_file_bytes", "allowed_types",

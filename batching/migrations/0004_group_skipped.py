@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('batching', '0002_rounds'),
+        ('batching', '0003_webhook_claim'),
     ]
 
     operations = [
