@@ -14,8 +14,6 @@ from dataclasses import dataclass
 from typing import Any, cast
 from uuid import UUID
 
-import gridfs
-import pymongo.errors
 import redis
 from asgiref.sync import sync_to_async
 from django.conf import settings
@@ -33,6 +31,7 @@ from rest_framework.views import APIView
 from accounts.models import WRITER_ROLES, Pool, User
 from accounts.selectors import pool_access
 from poolhub.errors import ApiError, BadRequest, Unavailable
+from poolhub.filestore import FileStoreError
 from poolhub.throttling import process_cache
 from uploads import selectors
 from uploads.api.handlers import StagedUpload, StagingUploadHandler
@@ -235,7 +234,7 @@ class UploadDetailApi(APIView):
         return Response(UploadDetailOutput(upload, context={"events": events}).data)
 
 
-STORE_ERRORS = (pymongo.errors.PyMongoError, redis.RedisError, gridfs.errors.NoFile, StagingMissing)
+STORE_ERRORS = (FileStoreError, redis.RedisError, StagingMissing)
 
 
 async def _async_chunks(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
