@@ -21,7 +21,7 @@ from django.utils import timezone
 from accounts.models import LatePolicy, Pool, User
 from batching import webhooks
 from batching.models import Group, GroupStatus, Lease, LeaseEnd, Result
-from batching.selectors import group_lineage, group_upload_counts
+from batching.selectors import group_lineage, group_upload_counts, result_content_path
 from batching.windows import window_bounds
 from poolhub.errors import BadRequest, Conflict, Forbidden, Unavailable
 from poolhub.filestore import Bucket, FileStoreError, StoredFile, file_delete, file_write, io_chunks
@@ -376,13 +376,9 @@ def _result_commit(*, group_id: UUID, lease_id: UUID, result_id: UUID, stored: S
         group.status = GroupStatus.COMPLETED
         _append(group, "result.available", {
             "group": str(group.id), "result_id": str(result.id), "size": result.size, "sha256": result.sha256,
-            "url": result_url(result_id=result.id),
+            "url": result_content_path(result_id=result.id),
         })
     return result, True
-
-
-def result_url(*, result_id: UUID) -> str:
-    return f"/api/v1/results/{result_id}/content"
 
 
 # --- admin actions ------------------------------------------------------------------------------

@@ -58,6 +58,7 @@ INSTALLED_APPS = [
     "uploads",
     "batching",
     "notifications",
+    "lifecycle",
 ]
 
 MIDDLEWARE = [
@@ -333,3 +334,20 @@ CACHES = {
 # Webhooks call public addresses only; a trusted network (or the test suite) may allow private ones.
 POOLHUB_WEBHOOK_ALLOW_PRIVATE = env_bool("POOLHUB_WEBHOOK_ALLOW_PRIVATE", False)
 POOLHUB_WEBHOOK_ALLOW_HTTP = env_bool("POOLHUB_WEBHOOK_ALLOW_HTTP", not PRODUCTION)
+
+# --- lifecycle ------------------------------------------------------------------------------
+# Provisioning, quotas, retention and round settings (docs/lifecycle.md). Generated secrets of
+# provisioned accounts are verified by their own cheap hasher (accounts/hashers.py, why there);
+# it is listed last so that it is never used for a password someone chose.
+from django.conf import global_settings  # noqa: E402
+
+PASSWORD_HASHERS = [*vars().get("PASSWORD_HASHERS", global_settings.PASSWORD_HASHERS),
+                    "accounts.hashers.GeneratedSecretHasher"]
+POOLHUB_PROVISION_MAX = env_int("POOLHUB_PROVISION_MAX", 1000)
+# The retention job: how often it runs, how many uploads or results it purges per batch, and how
+# many batches per run at most (the next run goes on where this one stopped).
+POOLHUB_PURGE_INTERVAL_SECONDS = env_int("POOLHUB_PURGE_INTERVAL_SECONDS", 600)
+POOLHUB_PURGE_BATCH = env_int("POOLHUB_PURGE_BATCH", 200)
+POOLHUB_PURGE_MAX_BATCHES = env_int("POOLHUB_PURGE_MAX_BATCHES", 50)
+# A failed upload's staged bytes are kept for re-drive this many days, then released (0: never).
+POOLHUB_FAILED_UPLOAD_KEEP_DAYS = env_int("POOLHUB_FAILED_UPLOAD_KEEP_DAYS", 14)

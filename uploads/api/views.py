@@ -25,7 +25,7 @@ from rest_framework.response import Response
 from rest_framework.throttling import ScopedRateThrottle
 from rest_framework.views import APIView
 
-from accounts.models import Pool, Role, User
+from accounts.models import WRITER_ROLES, Pool, User
 from accounts.selectors import pool_access
 from poolhub.downloads import streamed_download
 from poolhub.errors import ApiError, BadRequest, Unavailable
@@ -38,8 +38,6 @@ from uploads.checks import REFUSED_BY_DEFAULT, checksum_check, max_bytes_for, sh
 from uploads.idempotency import Outcome, fingerprint_of, idempotency_key_parse, idempotent
 from uploads.services import BatchItem, batch_refused, upload_accept, upload_batch_accept
 from uploads.staging import StagingMissing
-
-WRITERS = (Role.CONTRIBUTOR, Role.MANAGER)
 
 
 class UploadRateThrottle(ScopedRateThrottle):
@@ -204,7 +202,7 @@ class PoolUploadCreateApi(APIView):
     throttle_scope = "uploads"
 
     def post(self, request: Request, pool_id: UUID) -> Response:
-        pool = pool_access(user=_user(request), pool_id=pool_id, roles=WRITERS)
+        pool = pool_access(user=_user(request), pool_id=pool_id, roles=WRITER_ROLES)
         return _upload_response(request, pool=pool, endpoint="upload", accept=_accept_single)
 
 
@@ -213,7 +211,7 @@ class PoolBatchCreateApi(APIView):
     throttle_scope = "uploads"
 
     def post(self, request: Request, pool_id: UUID) -> Response:
-        pool = pool_access(user=_user(request), pool_id=pool_id, roles=WRITERS)
+        pool = pool_access(user=_user(request), pool_id=pool_id, roles=WRITER_ROLES)
         return _upload_response(request, pool=pool, endpoint="batch", accept=_accept_batch)
 
 
