@@ -13,6 +13,7 @@ class GroupStatus(models.TextChoices):
     CLOSED = "closed"
     EXPORTING = "exporting"
     COMPLETED = "completed"
+    SKIPPED = "skipped"  # closed by time with too few contributors (Pool.short_round_policy)
 
 
 class Group(models.Model):

@@ -27,8 +27,7 @@ from rest_framework.exceptions import APIException
 from accounts.models import User
 from notifications import gateway, transfers
 from notifications.selectors import ADMINS_GROUP, pool_group, user_group
-from poolhub.errors import ApiError, BadRequest
-from poolhub.errors import _describe as describe_error
+from poolhub.errors import ApiError, BadRequest, describe_error
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -59,15 +58,12 @@ Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any] | None]]
 
 
 def _auth_seconds() -> float:
-    return float(getattr(settings, "POOLHUB_WS_AUTH_SECONDS", 10))
+    return float(settings.POOLHUB_WS_AUTH_SECONDS)
 
 
 def _resync_seconds() -> float:
     """Group memberships in channels-redis expire (`group_expiry`): re-join well before that."""
-    layer: dict[str, Any] = settings.CHANNEL_LAYERS["default"]
-    config: dict[str, Any] = layer.get("CONFIG") or {}
-    expiry = float(config.get("group_expiry", 86400))
-    return float(getattr(settings, "POOLHUB_WS_RESYNC_SECONDS", min(600, expiry / 4)))
+    return float(settings.POOLHUB_WS_RESYNC_SECONDS)
 
 
 class GatewayConsumer(AsyncJsonWebsocketConsumer):

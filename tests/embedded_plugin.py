@@ -9,6 +9,7 @@ DATABASE_URL is set, its own SQLite test database. Everything stops when the run
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import tempfile
 from pathlib import Path
@@ -32,6 +33,7 @@ def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Pa
     (Path(os.environ["POOLHUB_VAR_DIR"]) / "static").mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("POOLHUB_TEST_SQLITE", str(_run_dir / "test.sqlite3"))
     os.environ.setdefault("POOLHUB_FAST_PASSWORD_HASHER", "1")
+    os.environ.setdefault("SECRET_KEY", secrets.token_urlsafe(50))  # shared with the servers tests start
     os.environ.setdefault("THROTTLE_AUTH", "100000/min")
     os.environ.setdefault("THROTTLE_REFRESH", "100000/min")
     os.environ.setdefault("THROTTLE_UPLOADS", "100000/min")

@@ -24,6 +24,8 @@ from typing import Any
 
 from django.conf import settings
 
+from poolhub.errors import error_body
+
 logger = logging.getLogger(__name__)
 
 Scope = MutableMapping[str, Any]
@@ -68,8 +70,7 @@ def body_cap(kind: str) -> int:
 
 def _too_large_body(kind: str, cap: int) -> bytes:
     code = "file_too_large" if kind in _FILE_KINDS else "request_too_large"
-    return json.dumps({"error": {"code": code, "message": f"the request is larger than {cap} bytes",
-                                 "details": {"max_request_bytes": cap}}}).encode()
+    return json.dumps(error_body(code, f"the request is larger than {cap} bytes", {"max_request_bytes": cap})).encode()
 
 
 class BodyLimit:

@@ -191,7 +191,7 @@ def timestamp_parse(value: object, *, now: datetime | None = None) -> datetime:
         raise InvalidTimestamp("timestamp is out of range", details={"field": "timestamp"}) from exc
     if parsed < _EARLIEST:
         raise InvalidTimestamp("timestamp is before 1970", details={"field": "timestamp"})
-    skew = timedelta(seconds=int(getattr(settings, "POOLHUB_TIMESTAMP_MAX_FUTURE_SECONDS", 600)))
+    skew = timedelta(seconds=int(settings.POOLHUB_TIMESTAMP_MAX_FUTURE_SECONDS))
     if parsed > (now or timezone.now()) + skew:
         raise InvalidTimestamp("timestamp is in the future", details={"field": "timestamp"})
     return parsed

@@ -126,3 +126,19 @@ class MemberSerializer(serializers.Serializer):
 
 class MemberRoleInput(serializers.Serializer):
     role = serializers.ChoiceField(choices=Role.choices)
+
+
+class ProvisionInput(serializers.Serializer):
+    count = serializers.IntegerField(min_value=1)
+    prefix = serializers.CharField(max_length=100, required=False, default="client-")
+    role = serializers.ChoiceField(choices=Role.choices, required=False, default=Role.CONTRIBUTOR)
+
+
+class ProvisionedMemberOutput(serializers.Serializer):
+    username = serializers.CharField()
+    password = serializers.CharField()
+    role = serializers.CharField()
+
+
+class ProvisionOutput(serializers.Serializer):
+    members = ProvisionedMemberOutput(many=True)
