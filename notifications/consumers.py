@@ -33,8 +33,7 @@ from rest_framework.exceptions import APIException
 from accounts.models import User
 from notifications import gateway, transfers
 from notifications.selectors import ADMINS_GROUP, pool_group, user_group
-from poolhub.errors import ApiError, BadRequest
-from poolhub.errors import _describe as describe_error
+from poolhub.errors import ApiError, BadRequest, describe_error
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -65,7 +64,7 @@ Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any] | None]]
 
 
 def _auth_seconds() -> float:
-    return float(getattr(settings, "POOLHUB_WS_AUTH_SECONDS", 10))
+    return float(settings.POOLHUB_WS_AUTH_SECONDS)
 
 
 def _resync_seconds() -> float:

@@ -24,15 +24,17 @@ DEBUG = env_bool("DEBUG", False)
 
 
 def _local_secret_key() -> str:
-    """A per-checkout key kept under var/ (never in the repo); refused in production."""
+    """The per-checkout key `make run` keeps under var/ (poolhub.launcher.ensure_local_secret_key).
+
+    Importing settings writes nothing: without that file (a one-off command, a type check, the
+    image build) a throwaway key serves this one process. Refused in production.
+    """
     if PRODUCTION:
         raise ImproperlyConfiguredEnv("SECRET_KEY must be set when POOLHUB_PRODUCTION is on")
-    path = VAR_DIR / "secret_key"
-    if not path.exists():
-        VAR_DIR.mkdir(parents=True, exist_ok=True)
-        path.write_text(secrets.token_urlsafe(50))
-        path.chmod(0o600)
-    return path.read_text().strip()
+    try:
+        return (VAR_DIR / "secret_key").read_text().strip()
+    except FileNotFoundError:
+        return secrets.token_urlsafe(50)
 
 
 SECRET_KEY = env_optional("SECRET_KEY") or _local_secret_key()
@@ -56,6 +58,7 @@ INSTALLED_APPS = [
     "uploads",
     "batching",
     "notifications",
+    "lifecycle",
 ]
 
 MIDDLEWARE = [
@@ -246,6 +249,8 @@ AUTH_PASSWORD_VALIDATORS = [
 ]
 # Tests and provisioning create many accounts: a cheaper hasher there, PBKDF2 otherwise.
 if env_bool("POOLHUB_FAST_PASSWORD_HASHER", False):
+    if PRODUCTION:
+        raise ImproperlyConfiguredEnv("POOLHUB_FAST_PASSWORD_HASHER is for tests: refused with POOLHUB_PRODUCTION on")
     PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 # --- uploads --------------------------------------------------------------------------------
@@ -253,15 +258,23 @@ POOLHUB_MAX_FILE_BYTES = env_int("POOLHUB_MAX_FILE_BYTES", 64 * 1024 * 1024)
 POOLHUB_STAGING_BUDGET_BYTES = env_int("POOLHUB_STAGING_BUDGET_BYTES", 2 * 1024 * 1024 * 1024)
 POOLHUB_STAGING_CHUNK_BYTES = env_int("POOLHUB_STAGING_CHUNK_BYTES", 1024 * 1024)
 POOLHUB_STAGING_TTL_SECONDS = env_int("POOLHUB_STAGING_TTL_SECONDS", 7 * 86400)
-POOLHUB_STORE_MAX_ATTEMPTS = 3
+POOLHUB_STORE_MAX_ATTEMPTS = env_int("POOLHUB_STORE_MAX_ATTEMPTS", 3)
 # Uploads (docs/uploads.md): store retry backoff base (x2 per attempt, with jitter), re-drive of
 # uploads left `cached`, allowed clock skew for `timestamp`, idempotency keys kept >= 24 h.
 POOLHUB_STORE_RETRY_BASE_SECONDS = env_int("POOLHUB_STORE_RETRY_BASE_SECONDS", 10)
+POOLHUB_STORE_RETRY_MAX_SECONDS = env_int("POOLHUB_STORE_RETRY_MAX_SECONDS", 600)
+POOLHUB_STORE_SOFT_TIME_LIMIT = env_int("POOLHUB_STORE_SOFT_TIME_LIMIT", 300)
+POOLHUB_STORE_TIME_LIMIT = env_int("POOLHUB_STORE_TIME_LIMIT", 360)
 POOLHUB_STORE_LOCK_SECONDS = env_int("POOLHUB_STORE_LOCK_SECONDS", 30)  # renewed per chunk; lapses if a worker dies
 POOLHUB_STUCK_CACHED_SECONDS = env_int("POOLHUB_STUCK_CACHED_SECONDS", 900)
 POOLHUB_TIMESTAMP_MAX_FUTURE_SECONDS = env_int("POOLHUB_TIMESTAMP_MAX_FUTURE_SECONDS", 600)
 POOLHUB_IDEMPOTENCY_TTL_SECONDS = env_int("POOLHUB_IDEMPOTENCY_TTL_SECONDS", 2 * 86400)
+# A key whose first request is still running is held this long (a crashed request frees it);
+# a repeat waits up to POOLHUB_IDEMPOTENCY_WAIT_SECONDS for the first to finish.
+POOLHUB_IDEMPOTENCY_PENDING_SECONDS = env_int("POOLHUB_IDEMPOTENCY_PENDING_SECONDS", 3600)
+POOLHUB_IDEMPOTENCY_WAIT_SECONDS = env_int("POOLHUB_IDEMPOTENCY_WAIT_SECONDS", 30)
 POOLHUB_STAGING_ALLOW_EVICTION = env_bool("POOLHUB_STAGING_ALLOW_EVICTION", False)
+POOLHUB_STAGING_RETRY_AFTER_SECONDS = env_int("POOLHUB_STAGING_RETRY_AFTER_SECONDS", 30)  # on 503 staging_full
 CELERY_BEAT_SCHEDULE["uploads.redrive_stuck"] = {"task": "uploads.redrive_stuck", "schedule": 300.0}
 CELERY_BEAT_SCHEDULE["uploads.staging_reconcile"] = {"task": "uploads.staging_reconcile", "schedule": 3600.0}
 # Websocket gateway (docs/realtime.md): auth deadline, chunk size, idle transfers expire (bytes dropped).
@@ -314,3 +327,25 @@ CACHES = {
         "KEY_PREFIX": "poolhub:cache",
     }
 }
+
+# --- harden (docs/configuration.md "Security and limits") -----------------------------------
+# Webhooks call public addresses only; a trusted network (or the test suite) may allow private ones.
+POOLHUB_WEBHOOK_ALLOW_PRIVATE = env_bool("POOLHUB_WEBHOOK_ALLOW_PRIVATE", False)
+POOLHUB_WEBHOOK_ALLOW_HTTP = env_bool("POOLHUB_WEBHOOK_ALLOW_HTTP", not PRODUCTION)
+
+# --- lifecycle ------------------------------------------------------------------------------
+# Provisioning, quotas, retention and round settings (docs/lifecycle.md). Generated secrets of
+# provisioned accounts are verified by their own cheap hasher (accounts/hashers.py, why there);
+# it is listed last so that it is never used for a password someone chose.
+from django.conf import global_settings  # noqa: E402
+
+PASSWORD_HASHERS = [*vars().get("PASSWORD_HASHERS", global_settings.PASSWORD_HASHERS),
+                    "accounts.hashers.GeneratedSecretHasher"]
+POOLHUB_PROVISION_MAX = env_int("POOLHUB_PROVISION_MAX", 1000)
+# The retention job: how often it runs, how many uploads or results it purges per batch, and how
+# many batches per run at most (the next run goes on where this one stopped).
+POOLHUB_PURGE_INTERVAL_SECONDS = env_int("POOLHUB_PURGE_INTERVAL_SECONDS", 600)
+POOLHUB_PURGE_BATCH = env_int("POOLHUB_PURGE_BATCH", 200)
+POOLHUB_PURGE_MAX_BATCHES = env_int("POOLHUB_PURGE_MAX_BATCHES", 50)
+# A failed upload's staged bytes are kept for re-drive this many days, then released (0: never).
+POOLHUB_FAILED_UPLOAD_KEEP_DAYS = env_int("POOLHUB_FAILED_UPLOAD_KEEP_DAYS", 14)
