@@ -29,7 +29,8 @@ def group_paths(*, group_id: UUID | str) -> dict[str, str]:
 
 
 def with_stats(groups: QuerySet[Group]) -> QuerySet[Group]:
-    return groups.annotate(upload_count=Count("uploads"), bytes=Coalesce(Sum("uploads__size"), Value(0)))
+    return groups.annotate(upload_count=Count("uploads"), bytes=Coalesce(Sum("uploads__size"), Value(0)),
+                           contributor_count=Count("uploads__uploader", distinct=True))
 
 
 def group_get_for(*, user: User, group_id: UUID | str, roles: Iterable[Role] | None = None) -> Group:

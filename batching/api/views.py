@@ -31,6 +31,7 @@ from batching.selectors import group_get_for, group_list, result_get_for, result
 from poolhub.downloads import ranged_download
 from poolhub.errors import BadRequest, Conflict, Unavailable
 from poolhub.filestore import Bucket, FileStoreError, file_open, file_read
+from uploads.checks import max_result_bytes_for, size_check
 
 EXPORT_ROLES = [Role.EXPORTER]
 CLOSE_ROLES = [Role.MANAGER, Role.EXPORTER]
@@ -112,7 +113,7 @@ class GroupArchiveApi(APIView):
 
 class GroupResultApi(APIView):
     @extend_schema(request={"multipart/form-data": ResultInput},
-                   responses={201: ResultOutput, 200: ResultOutput, **_errors(400, 401, 403, 404, 409, 503)})
+                   responses={201: ResultOutput, 200: ResultOutput, **_errors(400, 401, 403, 404, 409, 413, 503)})
     def post(self, request: Request, group_id: UUID) -> Response:
         user = _user(request)
         group = group_get_for(user=user, group_id=group_id, roles=EXPORT_ROLES)
@@ -120,6 +121,7 @@ class GroupResultApi(APIView):
         upload = data["file"]
         if upload.size == 0:
             raise BadRequest("the file has no bytes", code="empty_file", details={"field": "file"})
+        size_check(size=upload.size, max_bytes=max_result_bytes_for(pool=group.pool))
         result, created = services.result_post(
             group=group, lease_id=data["lease_id"], user=user, is_admin=user_is_admin(user=user), source=upload,
             filename=upload.name or "result.bin", content_type=upload.content_type or "application/octet-stream",

@@ -44,7 +44,7 @@ def big_group(pool, contributor) -> Group:
     return group
 
 
-def get_archive(api, exporter, group, lease_id, **headers: str):  # type: ignore[no-untyped-def]
+def get_archive(api, exporter, group, lease_id, **headers: str):
     return api(exporter).get(f"/api/v1/groups/{group.id}/archive", {"lease": lease_id}, headers=headers)
 
 
