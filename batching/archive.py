@@ -14,12 +14,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
-from uuid import UUID
 
-from batching.filestore import upload_chunks, uploads_missing
 from batching.models import Group, Lease
 from batching.selectors import group_failed_uploads, group_manifest
 from poolhub.errors import Unavailable
+from poolhub.filestore import Bucket, FileStoreError, StoredFile, file_read, files_open
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +31,7 @@ class Member:
     name: str
     size: int
     mtime: float
-    upload_id: UUID | None = None  # read from GridFS
+    stored: StoredFile | None = None  # read from the file store
     data: bytes = b""  # or inline (the manifest)
 
     def header(self) -> bytes:
@@ -75,36 +74,29 @@ def group_archive(*, group: Group, lease: Lease) -> Archive:
     data = json.dumps(manifest, indent=1).encode()
     mtime = lease.created_at.timestamp()
     members = [Member(name="manifest.json", size=len(data), mtime=mtime, data=data)]
-    members += [
-        Member(name=entry["path"], size=entry["size"], mtime=mtime, upload_id=UUID(entry["id"])) for entry in entries
-    ]
-    missing = uploads_missing(upload_ids=[m.upload_id for m in members if m.upload_id is not None])
+    try:
+        stored = files_open(bucket=Bucket.UPLOADS, file_ids=[entry["id"] for entry in entries])
+    except FileStoreError as exc:
+        raise Unavailable("the file store is unavailable") from exc
+    # Checked before the response starts, so the exporter gets a 503 rather than a truncated archive.
+    missing = [entry["id"] for entry in entries
+               if entry["id"] not in stored or stored[entry["id"]].length != entry["size"]]
     if missing:
         raise Unavailable("some stored uploads are not readable in the file store right now",
-                          details={"uploads": [str(upload_id) for upload_id in missing]})
+                          details={"uploads": missing})
+    members += [
+        Member(name=entry["path"], size=entry["size"], mtime=mtime, stored=stored[entry["id"]]) for entry in entries
+    ]
     length = sum(len(m.header()) + m.size + _padding(m.size) for m in members) + len(END_OF_ARCHIVE)
     return Archive(members=members, length=length, filename=f"group-{group.id}.tar")
-
-
-def _file_chunks(member: Member) -> Iterator[bytes]:
-    assert member.upload_id is not None
-    sent = 0
-    for chunk in upload_chunks(upload_id=member.upload_id):
-        sent += len(chunk)
-        if sent > member.size:
-            break
-        yield chunk
-    if sent != member.size:  # the promised length cannot be kept: abort rather than send a corrupt tar
-        logger.error("upload %s holds %s bytes in GridFS, %s expected", member.upload_id, sent, member.size)
-        raise OSError(f"upload {member.upload_id} is not intact in the file store")
 
 
 def archive_chunks(archive: Archive) -> Iterator[bytes]:
     for member in archive.members:
         yield member.header()
-        if member.upload_id is None:
+        if member.stored is None:
             yield member.data
         else:
-            yield from _file_chunks(member)
+            yield from file_read(stored=member.stored)  # checked: a damaged file aborts the response
         yield b"\0" * _padding(member.size)
     yield END_OF_ARCHIVE

@@ -8,6 +8,7 @@ beat. Ctrl-C or SIGTERM stops every child; children also die with this process (
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -22,6 +23,18 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 
 def log(message: str) -> None:
     print(f"[poolhub] {message}", flush=True)
+
+
+def ensure_local_secret_key(var_dir: Path) -> Path:
+    """The per-checkout SECRET_KEY under var/ (mode 0600, never in the repo) that settings read when
+    SECRET_KEY is unset, so web, worker and beat share it and tokens outlive a restart."""
+    path = var_dir / "secret_key"
+    if not path.exists():
+        var_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as key_file:
+            key_file.write(secrets.token_urlsafe(50))
+    return path
 
 
 class Stack:
@@ -105,6 +118,8 @@ class Stack:
         signal.signal(signal.SIGINT, on_signal)
         try:
             self.start_embedded()
+            if not self.env.get("SECRET_KEY"):
+                ensure_local_secret_key(self.var_dir)
             self.manage("migrate", "--noinput", "-v", "0")
             self.manage("collectstatic", "--noinput", "-v", "0")
             self.manage("ensure_admin")

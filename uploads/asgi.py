@@ -18,6 +18,8 @@ from typing import Any
 
 from django.conf import settings
 
+from poolhub.errors import error_body
+
 logger = logging.getLogger(__name__)
 
 Scope = MutableMapping[str, Any]
@@ -39,8 +41,8 @@ def body_cap(kind: str) -> int:
 
 
 def _too_large_body(cap: int) -> bytes:
-    return json.dumps({"error": {"code": "file_too_large", "message": f"the request is larger than {cap} bytes",
-                                 "details": {"max_request_bytes": cap}}}).encode()
+    return json.dumps(error_body("file_too_large", f"the request is larger than {cap} bytes",
+                                 {"max_request_bytes": cap})).encode()
 
 
 class UploadBodyLimit:

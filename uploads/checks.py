@@ -176,7 +176,7 @@ def timestamp_parse(value: object, *, now: datetime | None = None) -> datetime:
     if parsed.tzinfo is None or parsed.utcoffset() is None:
         raise InvalidTimestamp("timestamp must carry a UTC offset, such as Z or +02:00",
                                details={"field": "timestamp"})
-    skew = timedelta(seconds=int(getattr(settings, "POOLHUB_TIMESTAMP_MAX_FUTURE_SECONDS", 600)))
+    skew = timedelta(seconds=int(settings.POOLHUB_TIMESTAMP_MAX_FUTURE_SECONDS))
     if parsed > (now or timezone.now()) + skew:
         raise InvalidTimestamp("timestamp is in the future", details={"field": "timestamp"})
     return parsed.astimezone(UTC)

@@ -13,10 +13,10 @@ from django.db.models.expressions import RawSQL
 from accounts.models import Role, User
 from accounts.selectors import pool_access, user_is_admin
 from poolhub.errors import NotFound
+from poolhub.filestore import Bucket, file_chunks
 from uploads.events import SEQ_PER_TRANSACTION
 from uploads.models import Event, Upload, UploadStatus
 from uploads.staging import StagingMissing, staging_exists, staging_read
-from uploads.storage import READ_BYTES, upload_file_iter, upload_file_open
 
 READERS = (Role.MANAGER, Role.EXPORTER)
 
@@ -80,14 +80,17 @@ def events_committed(events: QuerySet[Event]) -> QuerySet[Event]:
 
 
 def upload_content(*, upload: Upload) -> Iterator[bytes]:
-    """The upload's bytes, in chunks: from GridFS once stored, from staging before."""
+    """The upload's bytes, in chunks: from the file store once stored (checked), from staging before.
+
+    Raises poolhub.filestore.FileMissing (or StagingMissing) before the first byte when neither has them.
+    """
     if upload.status != UploadStatus.STORED and staging_exists(key=upload.staging_key):
         return _staged_then_stored(upload=upload)
-    return upload_file_iter(upload_id=upload.id)  # stored (perhaps just now, as staging was dropped)
+    return file_chunks(bucket=Bucket.UPLOADS, file_id=upload.id)  # stored (perhaps just now, as staging was dropped)
 
 
 def _staged_then_stored(*, upload: Upload) -> Iterator[bytes]:
-    """Staged bytes; if the store finishes and drops them mid-way, the rest comes from GridFS."""
+    """Staged bytes; if the store finishes and drops them mid-way, the rest comes from the file store."""
     sent = 0
     try:
         for chunk in staging_read(key=upload.staging_key):
@@ -96,14 +99,4 @@ def _staged_then_stored(*, upload: Upload) -> Iterator[bytes]:
         return
     except StagingMissing:
         pass
-    stream = upload_file_open(upload_id=upload.id)
-    stream.seek(sent)
-    yield from _read_rest(stream)
-
-
-def _read_rest(stream: Any) -> Iterator[bytes]:
-    try:
-        while chunk := stream.read(READ_BYTES):
-            yield chunk
-    finally:
-        stream.close()
+    yield from file_chunks(bucket=Bucket.UPLOADS, file_id=upload.id, start=sent)

@@ -71,6 +71,12 @@ class PoolSerializer(serializers.ModelSerializer):
     late_policy = serializers.ChoiceField(choices=LatePolicy.choices, required=False)
     webhook_secret = serializers.CharField(write_only=True, required=False, allow_blank=True, max_length=128)
 
+    def validate_webhook_url(self, value: str) -> str:
+        from batching.webhooks import webhook_url_check  # public addresses only (server-side request forgery)
+
+        webhook_url_check(url=value)
+        return value
+
     class Meta:
         model = Pool
         fields = ["id", "name", "window_seconds", "grace_seconds", "max_file_bytes", "allowed_types",
@@ -107,3 +113,19 @@ class MemberSerializer(serializers.Serializer):
 
 class MemberRoleInput(serializers.Serializer):
     role = serializers.ChoiceField(choices=Role.choices)
+
+
+class ProvisionInput(serializers.Serializer):
+    count = serializers.IntegerField(min_value=1)
+    prefix = serializers.CharField(max_length=100, required=False, default="client-")
+    role = serializers.ChoiceField(choices=Role.choices, required=False, default=Role.CONTRIBUTOR)
+
+
+class ProvisionedMemberOutput(serializers.Serializer):
+    username = serializers.CharField()
+    password = serializers.CharField()
+    role = serializers.CharField()
+
+
+class ProvisionOutput(serializers.Serializer):
+    members = ProvisionedMemberOutput(many=True)

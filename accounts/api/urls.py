@@ -11,5 +11,6 @@ urlpatterns = [
     path("pools", views.PoolListCreateApi.as_view(), name="pools"),
     path("pools/<uuid:pool_id>", views.PoolDetailApi.as_view(), name="pool-detail"),
     path("pools/<uuid:pool_id>/members", views.MemberListApi.as_view(), name="pool-members"),
+    path("pools/<uuid:pool_id>/members/provision", views.MemberProvisionApi.as_view(), name="pool-members-provision"),
     path("pools/<uuid:pool_id>/members/<str:username>", views.MemberDetailApi.as_view(), name="pool-member"),
 ]

@@ -3,6 +3,7 @@ from __future__ import annotations
 from rest_framework import serializers
 
 from batching.models import GroupStatus, Result
+from batching.selectors import result_content_path
 
 
 class GroupOutput(serializers.Serializer):
@@ -48,4 +49,4 @@ class ResultOutput(serializers.Serializer):
     upload_ids = serializers.ListField(child=serializers.CharField())
 
     def get_url(self, result: Result) -> str:
-        return f"/api/v1/results/{result.id}/content"
+        return result_content_path(result_id=result.id)

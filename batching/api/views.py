@@ -26,11 +26,11 @@ from batching.api.serializers import (
     ResultOutput,
 )
 from batching.archive import archive_chunks, group_archive
-from batching.filestore import result_chunks
 from batching.models import LeaseEnd
 from batching.selectors import group_get_for, group_list, result_get_for, result_latest
-from batching.streaming import streamed_attachment
-from poolhub.errors import BadRequest, Conflict
+from poolhub.downloads import streamed_download
+from poolhub.errors import BadRequest, Conflict, Unavailable
+from poolhub.filestore import Bucket, FileStoreError, file_chunks
 
 EXPORT_ROLES = [Role.EXPORTER]
 CLOSE_ROLES = [Role.MANAGER, Role.EXPORTER]
@@ -98,8 +98,8 @@ class GroupArchiveApi(APIView):
         if lease.end_reason == LeaseEnd.COMPLETED:
             raise Conflict("the result for this lease is in; claim the group again to export it again")
         archive = group_archive(group=group, lease=lease)
-        return streamed_attachment(request=request, chunks=archive_chunks(archive), filename=archive.filename,
-                                   content_type="application/x-tar", length=archive.length)
+        return streamed_download(request=request, source=archive_chunks(archive), length=archive.length,
+                                 filename=archive.filename, content_type="application/x-tar")
 
 
 class GroupResultApi(APIView):
@@ -137,6 +137,9 @@ class ResultContentApi(APIView):
     @extend_schema(responses={**BINARY, **_errors(401, 404, 503)})
     def get(self, request: Request, result_id: UUID) -> StreamingHttpResponse:
         result = result_get_for(user=_user(request), result_id=result_id)
-        return streamed_attachment(request=request, chunks=result_chunks(result_id=result.id),
-                                   filename=result.filename, content_type="application/octet-stream",
-                                   length=result.size)
+        try:  # opened before the response starts, so a missing file is a 503, not a truncated body
+            chunks = file_chunks(bucket=Bucket.RESULTS, file_id=result.id)
+        except FileStoreError as exc:
+            raise Unavailable("the result's bytes are not readable right now") from exc
+        return streamed_download(request=request, source=chunks, length=result.size, filename=result.filename,
+                                 content_type="application/octet-stream")

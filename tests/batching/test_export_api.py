@@ -320,10 +320,10 @@ def test_archive_keeps_long_and_non_ascii_filenames(api, pool, contributor, expo
 
 
 def test_archive_with_a_missing_stored_file_is_503_not_a_truncated_tar(api, closed_group, exporter):
-    from uploads.storage import upload_file_remove
+    from poolhub.filestore import Bucket, file_delete
 
     lost = closed_group.uploads.order_by("timestamp").first()
-    upload_file_remove(upload_id=lost.id)
+    file_delete(bucket=Bucket.UPLOADS, file_id=lost.id)
     lease_id = claim(api, exporter, closed_group).json()["lease_id"]
     response = api(exporter).get(f"/api/v1/groups/{closed_group.id}/archive", {"lease": lease_id})
     assert (response.status_code, error_code(response)) == (503, "unavailable")
