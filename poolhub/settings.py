@@ -328,11 +328,6 @@ CACHES = {
     }
 }
 
-# --- harden (docs/configuration.md "Security and limits") -----------------------------------
-# Webhooks call public addresses only; a trusted network (or the test suite) may allow private ones.
-POOLHUB_WEBHOOK_ALLOW_PRIVATE = env_bool("POOLHUB_WEBHOOK_ALLOW_PRIVATE", False)
-POOLHUB_WEBHOOK_ALLOW_HTTP = env_bool("POOLHUB_WEBHOOK_ALLOW_HTTP", not PRODUCTION)
-
 # --- lifecycle ------------------------------------------------------------------------------
 # Provisioning, quotas, retention and round settings (docs/lifecycle.md). Generated secrets of
 # provisioned accounts are verified by their own cheap hasher (accounts/hashers.py, why there);
@@ -349,3 +344,21 @@ POOLHUB_PURGE_BATCH = env_int("POOLHUB_PURGE_BATCH", 200)
 POOLHUB_PURGE_MAX_BATCHES = env_int("POOLHUB_PURGE_MAX_BATCHES", 50)
 # A failed upload's staged bytes are kept for re-drive this many days, then released (0: never).
 POOLHUB_FAILED_UPLOAD_KEEP_DAYS = env_int("POOLHUB_FAILED_UPLOAD_KEEP_DAYS", 14)
+
+# --- harden (docs/configuration.md "Security and limits") -----------------------------------
+# Webhooks call public addresses only; a trusted network (or the test suite) may allow private ones.
+POOLHUB_WEBHOOK_ALLOW_PRIVATE = env_bool("POOLHUB_WEBHOOK_ALLOW_PRIVATE", False)
+POOLHUB_WEBHOOK_ALLOW_HTTP = env_bool("POOLHUB_WEBHOOK_ALLOW_HTTP", not PRODUCTION)
+# Request bodies (uploads/asgi.py): each endpoint's cap, refused with 413 before it is read.
+POOLHUB_MAX_AUTH_BODY_BYTES = env_int("POOLHUB_MAX_AUTH_BODY_BYTES", 4 * 1024)
+POOLHUB_MAX_JSON_BODY_BYTES = env_int("POOLHUB_MAX_JSON_BODY_BYTES", 64 * 1024)
+POOLHUB_MAX_BATCH_BYTES = env_int("POOLHUB_MAX_BATCH_BYTES", 256 * 1024 * 1024)
+POOLHUB_MAX_RESULT_BYTES = env_int("POOLHUB_MAX_RESULT_BYTES", 64 * 1024 * 1024)
+
+# --- web ---
+# Files larger than this go from the web page over the resumable path (tus where the server has it,
+# else the websocket transfer verbs) instead of one multipart POST.
+POOLHUB_WEB_LARGE_FILE_BYTES = env_int("POOLHUB_WEB_LARGE_FILE_BYTES", 8 * 1024 * 1024)
+# whitenoise also serves files the staticfiles finders find (poolhub/static), so the page works from
+# a checkout that never ran collectstatic (`make run`, the browser tests); collected files still win.
+WHITENOISE_USE_FINDERS = True
