@@ -371,3 +371,4 @@ POOLHUB_LOGIN_FAILURES_PER_ADDRESS = env_int("POOLHUB_LOGIN_FAILURES_PER_ADDRESS
 POOLHUB_LOGIN_FAILURE_WINDOW_SECONDS = env_int("POOLHUB_LOGIN_FAILURE_WINDOW_SECONDS", 900)
 MIDDLEWARE.insert(MIDDLEWARE.index("django.contrib.auth.middleware.AuthenticationMiddleware") + 1,
                   "accounts.login_guard.AdminLoginGuard")  # the admin's login page: the same counters
+AUTH_PASSWORD_VALIDATORS.append({"NAME": "accounts.validators.NotOnlyWhitespaceValidator"})
