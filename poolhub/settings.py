@@ -362,3 +362,13 @@ POOLHUB_WEB_LARGE_FILE_BYTES = env_int("POOLHUB_WEB_LARGE_FILE_BYTES", 8 * 1024 
 # whitenoise also serves files the staticfiles finders find (poolhub/static), so the page works from
 # a checkout that never ran collectstatic (`make run`, the browser tests); collected files still win.
 WHITENOISE_USE_FINDERS = True
+
+# --- files (docs/configuration.md "Files: downloads and tus") ---------------------------------
+# A tus upload idle this long expires (Upload-Expires) and its staged bytes are released.
+POOLHUB_TUS_EXPIRY_SECONDS = env_int("POOLHUB_TUS_EXPIRY_SECONDS", 6 * 3600)
+# One user's unfinished tus uploads: how many, and how many bytes their declared lengths add up to.
+POOLHUB_TUS_USER_MAX_UPLOADS = env_int("POOLHUB_TUS_USER_MAX_UPLOADS", 32)
+POOLHUB_TUS_USER_MAX_BYTES = env_int("POOLHUB_TUS_USER_MAX_BYTES", 512 * 1024 * 1024)
+# Origins (scheme://host[:port]) of web pages served elsewhere that may call the tus endpoints.
+POOLHUB_TUS_CORS_ORIGINS = env_list("POOLHUB_TUS_CORS_ORIGINS", [])
+CELERY_BEAT_SCHEDULE["uploads.expire_tus"] = {"task": "uploads.expire_tus", "schedule": 300.0}
