@@ -18,12 +18,15 @@ from typing import Any
 import pytest
 
 from tests import live
+from tests.batching.conftest import webhook_receiver  # noqa: F401  (a fixture: the pool's webhook receiver)
 
 ARTIFACTS = live.BASE_DIR / "var" / "test-artifacts" / "browser"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 # Small enough that the scenario's larger file goes over the resumable path.
 LARGE_FILE_BYTES = 256 * 1024
+# Several socket-transfer chunks per large file, so a test can cut a transfer in its middle.
+SOCKET_CHUNK_BYTES = 64 * 1024
 
 # Every console error and CSP violation fails the test that caused it.
 WATCH_CSP = """
@@ -63,10 +66,24 @@ class Watched:
     page: Any
     name: str
     errors: list[str] = field(default_factory=list)
+    expected: list[int] = field(default_factory=list)
+
+    def expect_refusal(self, status: int) -> None:
+        """The next step is refused by the API on purpose: the browser logs that response as a
+        console error ("Failed to load resource"), which is then not a problem."""
+        self.expected.append(status)
 
     def problems(self) -> list[str]:
         csp = self.page.evaluate("window.__cspViolations || []")
-        return [f"{self.name}: console: {e}" for e in self.errors] + [f"{self.name}: CSP: {v}" for v in csp]
+        expected = list(self.expected)
+        errors = []
+        for error in self.errors:
+            status = next((s for s in expected if f"responded with a status of {s} " in error), None)
+            if status is not None:
+                expected.remove(status)
+            else:
+                errors.append(error)
+        return [f"{self.name}: console: {e}" for e in errors] + [f"{self.name}: CSP: {v}" for v in csp]
 
     def shot(self, name: str) -> Path:
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -101,7 +118,8 @@ class Browser:
 
 @pytest.fixture
 def web_url(transactional_db: Any) -> Iterator[str]:
-    process, url = live.start_web(live.child_env(POOLHUB_WEB_LARGE_FILE_BYTES=str(LARGE_FILE_BYTES)))
+    process, url = live.start_web(live.child_env(POOLHUB_WEB_LARGE_FILE_BYTES=str(LARGE_FILE_BYTES),
+                                                 POOLHUB_WS_CHUNK_BYTES=str(SOCKET_CHUNK_BYTES)))
     try:
         yield url
     finally:
