@@ -351,3 +351,5 @@ POOLHUB_PURGE_BATCH = env_int("POOLHUB_PURGE_BATCH", 200)
 POOLHUB_PURGE_MAX_BATCHES = env_int("POOLHUB_PURGE_MAX_BATCHES", 50)
 # A failed upload's staged bytes are kept for re-drive this many days, then released (0: never).
 POOLHUB_FAILED_UPLOAD_KEEP_DAYS = env_int("POOLHUB_FAILED_UPLOAD_KEEP_DAYS", 14)
+CELERY_BEAT_SCHEDULE["lifecycle.purge_expired"] = {"task": "lifecycle.purge_expired",
+                                                   "schedule": float(POOLHUB_PURGE_INTERVAL_SECONDS)}

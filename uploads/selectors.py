@@ -10,6 +10,7 @@ from django.db.models import Q, QuerySet
 
 from accounts.models import Role, User
 from accounts.selectors import pool_access, user_is_admin
+from lifecycle.selectors import upload_content_check
 from poolhub.errors import NotFound
 from poolhub.filestore import Bucket, file_chunks
 from uploads.models import Event, Upload, UploadStatus
@@ -69,6 +70,7 @@ def upload_content(*, upload: Upload) -> Iterator[bytes]:
 
     Raises poolhub.filestore.FileMissing (or StagingMissing) before the first byte when neither has them.
     """
+    upload_content_check(upload=upload)  # 410 once purged, released or discarded
     if upload.status != UploadStatus.STORED and staging_exists(key=upload.staging_key):
         return _staged_then_stored(upload=upload)
     return file_chunks(bucket=Bucket.UPLOADS, file_id=upload.id)  # stored (perhaps just now, as staging was dropped)

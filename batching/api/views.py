@@ -29,6 +29,7 @@ from batching.archive import archive_chunks, group_archive
 from batching.models import LeaseEnd
 from batching.selectors import group_get_for, group_list, result_get_for, result_latest
 from batching.streaming import streamed_attachment
+from lifecycle.selectors import group_archive_check, result_content_check
 from poolhub.errors import BadRequest, Conflict, Unavailable
 from poolhub.filestore import Bucket, FileStoreError, file_chunks
 
@@ -97,6 +98,7 @@ class GroupArchiveApi(APIView):
         lease = services.lease_check(group=group, lease_id=data["lease"], user=user, is_admin=user_is_admin(user=user))
         if lease.end_reason == LeaseEnd.COMPLETED:
             raise Conflict("the result for this lease is in; claim the group again to export it again")
+        group_archive_check(group=group)  # 410 once any of its uploads was purged
         archive = group_archive(group=group, lease=lease)
         return streamed_attachment(request=request, chunks=archive_chunks(archive), filename=archive.filename,
                                    content_type="application/x-tar", length=archive.length)
@@ -137,6 +139,7 @@ class ResultContentApi(APIView):
     @extend_schema(responses={**BINARY, **_errors(401, 404, 503)})
     def get(self, request: Request, result_id: UUID) -> StreamingHttpResponse:
         result = result_get_for(user=_user(request), result_id=result_id)
+        result_content_check(result=result)  # 410 once purged
         try:  # opened before the response starts, so a missing file is a 503, not a truncated body
             chunks = file_chunks(bucket=Bucket.RESULTS, file_id=result.id)
         except FileStoreError as exc:
