@@ -183,7 +183,7 @@ def group_close(*, group_id: UUID | str, reason: str) -> Group:
     return group
 
 
-def group_close_by_time(*, group_id: UUID | str) -> Group:
+def group_close_by_time(*, group_id: UUID | str, now: datetime | None = None) -> Group:
     """Beat's close of a due window. A pool with `min_contributors` exports a window only when that
     many distinct uploaders contributed; otherwise, by its `short_round_policy`, the window's
     uploads roll into the next open window (`roll`) or stay (`skip`), and the group ends `skipped`
@@ -196,18 +196,18 @@ def group_close_by_time(*, group_id: UUID | str) -> Group:
         else:
             contributors = group.uploads.values("uploader_id").distinct().count()
         if contributors is not None and pool.min_contributors is not None and contributors < pool.min_contributors:
-            return _group_skip(group=group, contributors=contributors)
+            return _group_skip(group=group, contributors=contributors, now=now or _now())
     return group_close(group_id=group_id, reason="time")
 
 
-def _group_skip(*, group: Group, contributors: int) -> Group:
+def _group_skip(*, group: Group, contributors: int, now: datetime) -> Group:
     from uploads.services import upload_regroup  # late: uploads' services import this module
 
     pool = group.pool
     data: dict[str, Any] = {"group": str(group.id), "contributors": contributors,
                             "min_contributors": pool.min_contributors, "policy": pool.short_round_policy}
     if pool.short_round_policy == ShortRoundPolicy.ROLL:
-        target = _next_open_group(pool=pool, at=group.window_end, now=_now())
+        target = _next_open_group(pool=pool, at=max(now, group.window_end), now=now)
         for upload in list(group.uploads.all()):
             upload_regroup(upload=upload, group=target, reason="rolled")
         data["rolled_into"] = str(target.id)
@@ -247,7 +247,7 @@ def groups_close_due(*, now: datetime | None = None) -> list[UUID]:
     candidates = list(Group.objects.filter(status=GroupStatus.OPEN, window_end__lte=now).select_related("pool"))
     for group in candidates:
         if group_is_due(group=group, pool=group.pool, now=now):
-            group_close_by_time(group_id=group.id)
+            group_close_by_time(group_id=group.id, now=now)
             closed.append(group.id)
     ruled = Group.objects.filter(status=GroupStatus.OPEN).exclude(
         pool__close_min_uploads__isnull=True, pool__close_min_contributors__isnull=True
