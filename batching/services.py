@@ -21,11 +21,12 @@ from django.utils import timezone
 from accounts.models import LatePolicy, Pool, ShortRoundPolicy, User
 from batching import webhooks
 from batching.models import Group, GroupStatus, Lease, LeaseEnd, Result
-from batching.selectors import group_lineage, group_upload_counts
+from batching.selectors import group_lineage, group_upload_counts, result_content_path
 from batching.windows import window_bounds
 from lifecycle.services import pool_bytes_add
 from poolhub.errors import BadRequest, Conflict, Forbidden, Unavailable
 from poolhub.filestore import Bucket, FileStoreError, StoredFile, file_delete, file_write, io_chunks
+from uploads.checks import timestamp_age_check
 from uploads.events import _EVENT_LOG_LOCK as EVENT_LOG_LOCK
 from uploads.events import event_append
 
@@ -124,6 +125,7 @@ def group_for_upload(*, pool: Pool, timestamp: datetime) -> Group:
     group it joins, so every move is in the log. The chosen group stays locked against a claim
     until the upload's transaction ends, so an upload never slips into a group being exported.
     """
+    timestamp_age_check(timestamp=timestamp, pool=pool)  # every way in: REST, batch, socket, tus
     with transaction.atomic():
         _event_log_lock()
         now = _now()
@@ -415,13 +417,9 @@ def _result_commit(*, group_id: UUID, lease_id: UUID, result_id: UUID, stored: S
         group.status = GroupStatus.COMPLETED
         _append(group, "result.available", {
             "group": str(group.id), "result_id": str(result.id), "size": result.size, "sha256": result.sha256,
-            "url": result_url(result_id=result.id),
+            "url": result_content_path(result_id=result.id),
         })
     return result, True
-
-
-def result_url(*, result_id: UUID) -> str:
-    return f"/api/v1/results/{result_id}/content"
 
 
 # --- admin actions ------------------------------------------------------------------------------

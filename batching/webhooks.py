@@ -34,6 +34,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from batching.models import Group, WebhookDelivery
+from batching.selectors import group_paths
 from poolhub.errors import BadRequest
 
 logger = logging.getLogger(__name__)
@@ -132,7 +133,7 @@ def webhook_schedule(*, group: Group, event_seq: int, reason: str) -> WebhookDel
         "type": "group.closed", "event_seq": event_seq, "pool": str(pool.id), "group": str(group.id),
         "window_start": group.window_start.isoformat(), "window_end": group.window_end.isoformat(),
         "reason": reason, "closed_at": (group.closed_at or timezone.now()).isoformat(),
-        "group_url": f"/api/v1/groups/{group.id}", "claim_url": f"/api/v1/groups/{group.id}/claim",
+        **group_paths(group_id=group.id),
     }
     delivery = WebhookDelivery.objects.create(pool=pool, group=group, event_seq=event_seq, url=pool.webhook_url,
                                               payload=payload)

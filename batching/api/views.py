@@ -28,10 +28,11 @@ from batching.api.serializers import (
 from batching.archive import archive_chunks, group_archive
 from batching.models import LeaseEnd
 from batching.selectors import group_get_for, group_list, result_get_for, result_latest
-from batching.streaming import streamed_attachment
 from lifecycle.selectors import group_archive_check, result_content_check
+from poolhub.downloads import streamed_download
 from poolhub.errors import BadRequest, Conflict, Unavailable
 from poolhub.filestore import Bucket, FileStoreError, file_chunks
+from uploads.checks import max_result_bytes_for, size_check
 
 EXPORT_ROLES = [Role.EXPORTER]
 CLOSE_ROLES = [Role.MANAGER, Role.EXPORTER]
@@ -100,13 +101,13 @@ class GroupArchiveApi(APIView):
             raise Conflict("the result for this lease is in; claim the group again to export it again")
         group_archive_check(group=group)  # 410 once any of its uploads was purged
         archive = group_archive(group=group, lease=lease)
-        return streamed_attachment(request=request, chunks=archive_chunks(archive), filename=archive.filename,
-                                   content_type="application/x-tar", length=archive.length)
+        return streamed_download(request=request, source=archive_chunks(archive), length=archive.length,
+                                 filename=archive.filename, content_type="application/x-tar")
 
 
 class GroupResultApi(APIView):
     @extend_schema(request={"multipart/form-data": ResultInput},
-                   responses={201: ResultOutput, 200: ResultOutput, **_errors(400, 401, 403, 404, 409, 503)})
+                   responses={201: ResultOutput, 200: ResultOutput, **_errors(400, 401, 403, 404, 409, 413, 503)})
     def post(self, request: Request, group_id: UUID) -> Response:
         user = _user(request)
         group = group_get_for(user=user, group_id=group_id, roles=EXPORT_ROLES)
@@ -114,6 +115,7 @@ class GroupResultApi(APIView):
         upload = data["file"]
         if upload.size == 0:
             raise BadRequest("the file has no bytes", code="empty_file", details={"field": "file"})
+        size_check(size=upload.size, max_bytes=max_result_bytes_for(pool=group.pool))
         result, created = services.result_post(
             group=group, lease_id=data["lease_id"], user=user, is_admin=user_is_admin(user=user), source=upload,
             filename=upload.name or "result.bin", content_type=upload.content_type or "application/octet-stream",
@@ -144,6 +146,5 @@ class ResultContentApi(APIView):
             chunks = file_chunks(bucket=Bucket.RESULTS, file_id=result.id)
         except FileStoreError as exc:
             raise Unavailable("the result's bytes are not readable right now") from exc
-        return streamed_attachment(request=request, chunks=chunks,
-                                   filename=result.filename, content_type="application/octet-stream",
-                                   length=result.size)
+        return streamed_download(request=request, source=chunks, length=result.size, filename=result.filename,
+                                 content_type="application/octet-stream")
