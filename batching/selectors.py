@@ -83,7 +83,8 @@ def group_manifest(*, group: Group) -> list[dict[str, Any]]:
 
 def group_failed_uploads(*, group: Group) -> list[str]:
     return [str(upload_id) for upload_id in
-            Upload.objects.filter(group=group, status=UploadStatus.FAILED).values_list("id", flat=True)]
+            Upload.objects.filter(group=group, status=UploadStatus.FAILED).order_by("timestamp", "id")
+            .values_list("id", flat=True)]
 
 
 def result_latest(*, pool: Pool) -> Result:

@@ -24,6 +24,8 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 # Small enough that the scenario's larger file goes over the resumable path.
 LARGE_FILE_BYTES = 256 * 1024
+# Several socket-transfer chunks per large file, so a test can cut a transfer in its middle.
+SOCKET_CHUNK_BYTES = 64 * 1024
 
 # Every console error and CSP violation fails the test that caused it.
 WATCH_CSP = """
@@ -101,7 +103,8 @@ class Browser:
 
 @pytest.fixture
 def web_url(transactional_db: Any) -> Iterator[str]:
-    process, url = live.start_web(live.child_env(POOLHUB_WEB_LARGE_FILE_BYTES=str(LARGE_FILE_BYTES)))
+    process, url = live.start_web(live.child_env(POOLHUB_WEB_LARGE_FILE_BYTES=str(LARGE_FILE_BYTES),
+                                                 POOLHUB_WS_CHUNK_BYTES=str(SOCKET_CHUNK_BYTES)))
     try:
         yield url
     finally:

@@ -83,6 +83,18 @@ def test_every_role_does_its_job_from_the_page(browser: Browser, tmp_path: Path)
     pool.refresh_from_db()
     assert pool.grace_seconds == 120
     assert Membership.objects.get(pool=pool, user__username="dana").role == Role.CONTRIBUTOR
+    # ...and provisions two device accounts, whose credentials come once, as a CSV download.
+    assert boss.page.locator("#provision-box").is_visible()
+    boss.page.locator("#provision-form input[name=count]").fill("2")
+    boss.page.locator("#provision-form input[name=prefix]").fill("sensor-")
+    with boss.page.expect_download() as download:
+        boss.page.locator("#provision-form button[type=submit]").click()
+    lines = Path(download.value.path()).read_text().splitlines()
+    assert lines[0] == "username,password,role" and len(lines) == 3
+    device, password, device_role = lines[1].split(",")
+    assert device_role == "contributor"
+    assert User.objects.get(username=device).check_password(password)
+    boss.page.locator(f'#members tr[data-username="{device}"]').wait_for()
     boss.shot("04-manage")
 
     # A listener whose page will be offline while the result comes.

@@ -15,7 +15,7 @@
   const LATE_POLICIES = ["accept", "next", "reject"];
   const MAX_NOTIFICATIONS = 100;
   const PAGE_SIZE = 20;
-  const TUS_CHUNK = 4 * 1024 * 1024;
+  const TUS_CHUNK = 4 * 1024 * 1024; // at most; never more than the large-file size
   const RETRIES = 8; // per large-upload step after a dropped connection
 
   const state = {
@@ -944,7 +944,7 @@
     while (offset < file.size || uploadId === null) {
       if (item.cancelled) throw cancelled();
       const start = offset;
-      const chunk = file.slice(start, start + TUS_CHUNK);
+      const chunk = file.slice(start, start + Math.min(TUS_CHUNK, state.largeFile));
       try {
         const res = await xhr("PATCH", location, {
           body: chunk,
@@ -1292,6 +1292,7 @@
     try {
       const body = await api(poolPath(state.pool, "/members/provision"), {
         method: "POST",
+        headers: { "Idempotency-Key": uuid4() },
         json: { count: Number(form.elements.count.value), prefix: form.elements.prefix.value.trim(),
           role: form.elements.role.value },
       });
