@@ -24,10 +24,12 @@ from batching.api.serializers import (
     LeaseOutput,
     ResultInput,
     ResultOutput,
+    WebhookTestOutput,
 )
 from batching.archive import archive_read, group_archive
 from batching.models import LeaseEnd
 from batching.selectors import group_get_for, group_list, result_get_for, result_latest
+from batching.webhooks import webhook_send_test
 from lifecycle.selectors import group_archive_check, result_content_check
 from poolhub.downloads import ranged_download
 from poolhub.errors import BadRequest, Conflict, Unavailable
@@ -130,6 +132,15 @@ class GroupResultApi(APIView):
             sha256=data["sha256"].lower() if data.get("sha256") else None,
         )
         return Response(ResultOutput(result).data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
+
+
+class PoolWebhookTestApi(APIView):
+    """POST /pools/{pool}/webhook/test: one signed `webhook.test` call now; what the receiver answered."""
+
+    @extend_schema(request=None, responses={200: WebhookTestOutput, **_errors(400, 401, 403, 404, 409)})
+    def post(self, request: Request, pool_id: UUID) -> Response:
+        pool = pool_access(user=_user(request), pool_id=pool_id, roles=[Role.MANAGER])
+        return Response(WebhookTestOutput(webhook_send_test(pool=pool)).data)
 
 
 class ResultLatestApi(APIView):
