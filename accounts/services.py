@@ -24,7 +24,7 @@ from rest_framework_simplejwt.tokens import RefreshToken, Token
 
 from accounts.hashers import generated_secret, generated_secret_hash
 from accounts.models import Membership, Pool, Role, User
-from accounts.tokens import RefreshTokenSpent, access_token_deny, refresh_token_spend, token_pair_for
+from accounts.tokens import RefreshTokenSpent, access_token_deny, refresh_token_spend, token_pair_issue
 from poolhub.errors import ApiError, BadRequest, Conflict, NotFound, Unavailable
 
 
@@ -55,7 +55,7 @@ def user_login(*, username: str, password: str) -> tuple[User, dict[str, str]]:
     user = authenticate(username=username, password=password)
     if not isinstance(user, User) or not user.is_active:
         raise ApiError("wrong username or password", code="invalid_credentials", status_code=401)
-    return user, token_pair_for(user=user)
+    return user, token_pair_issue(user=user)
 
 
 def token_refresh(*, refresh: str) -> dict[str, str]:
@@ -73,7 +73,7 @@ def token_refresh(*, refresh: str) -> dict[str, str]:
         refresh_token_spend(token=token, user=user)
     except RefreshTokenSpent as exc:  # a concurrent refresh spent it first
         raise ApiError("the refresh token was already used", code="token_revoked", status_code=401) from exc
-    return token_pair_for(user=user)
+    return token_pair_issue(user=user)
 
 
 def user_logout(*, user: User, access: Token | dict[str, Any] | None, refresh: str | None) -> None:

@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from accounts.tokens import token_pair_for
+from accounts.tokens import token_pair_issue
 from tests import live
 from tests.uploads.conftest import WHEN, payload, staged_keys
 from uploads.models import Upload
@@ -51,7 +51,7 @@ def raw_post(url: str, path: str, headers: dict[str, str], chunks: Iterator[byte
 
 
 def test_declared_oversized_body_is_refused_without_reading_it(small_limit_server, pool, contributor):
-    token = token_pair_for(user=contributor)["access"]
+    token = token_pair_issue(user=contributor)["access"]
     headers = {"Authorization": f"Bearer {token}", "Content-Type": "multipart/form-data; boundary=x",
                "Content-Length": str(50 * CAP)}
     status, body = raw_post(small_limit_server, f"/api/v1/pools/{pool.id}/uploads", headers, iter([]))
@@ -61,7 +61,7 @@ def test_declared_oversized_body_is_refused_without_reading_it(small_limit_serve
 
 
 def test_chunked_oversized_body_is_cut_off(small_limit_server, pool, contributor):
-    token = token_pair_for(user=contributor)["access"]
+    token = token_pair_issue(user=contributor)["access"]
     boundary = "poolhubboundary"
     head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"timestamp\"\r\n\r\n{WHEN}\r\n"
             f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big.bin\"\r\n"
