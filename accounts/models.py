@@ -12,6 +12,7 @@ from django.db import models
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MIN_WINDOW_SECONDS = 60
 MAX_WINDOW_SECONDS = 30 * 86400
+MAX_TIMESTAMP_AGE_SECONDS = 10 * 365 * 86400
 
 
 class User(AbstractUser):
@@ -96,6 +97,14 @@ class Pool(models.Model):
                                           default=ShortRoundPolicy.ROLL)
     max_uploads_per_contributor = models.PositiveIntegerField(null=True, blank=True,
                                                               validators=[MinValueValidator(1)])
+    # Results over this size are refused with 413 (capped by the server's POOLHUB_MAX_RESULT_BYTES).
+    max_result_bytes = models.PositiveBigIntegerField(default=64 * 1024 * 1024, validators=[MinValueValidator(1)])
+    # Uploads whose timestamp is older than this are refused (400 invalid_timestamp) instead of
+    # opening ancient windows that beat would close and export at once.
+    max_timestamp_age_seconds = models.PositiveIntegerField(
+        default=30 * 86400,
+        validators=[MinValueValidator(MIN_WINDOW_SECONDS), MaxValueValidator(MAX_TIMESTAMP_AGE_SECONDS)],
+    )
     webhook_url = models.URLField(blank=True, default="")
     webhook_secret = models.CharField(max_length=128, blank=True, default="")
     created_at = models.DateTimeField(auto_now_add=True)

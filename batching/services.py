@@ -25,6 +25,7 @@ from batching.selectors import group_lineage, group_upload_counts, result_conten
 from batching.windows import window_bounds
 from poolhub.errors import BadRequest, Conflict, Forbidden, Unavailable
 from poolhub.filestore import Bucket, FileStoreError, StoredFile, file_delete, file_write, io_chunks
+from uploads.checks import timestamp_age_check
 from uploads.events import _EVENT_LOG_LOCK as EVENT_LOG_LOCK
 from uploads.events import event_append
 
@@ -123,6 +124,7 @@ def group_for_upload(*, pool: Pool, timestamp: datetime) -> Group:
     group it joins, so every move is in the log. The chosen group stays locked against a claim
     until the upload's transaction ends, so an upload never slips into a group being exported.
     """
+    timestamp_age_check(timestamp=timestamp, pool=pool)  # every way in: REST, batch, socket, tus
     with transaction.atomic():
         _event_log_lock()
         now = _now()

@@ -13,11 +13,11 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
 from notifications.routing import websocket_urlpatterns  # noqa: E402
-from uploads.asgi import UploadBodyLimit  # noqa: E402
+from uploads.asgi import BodyLimit  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
-        "http": UploadBodyLimit(django_asgi_app),  # 413 before an oversized upload body is read
+        "http": BodyLimit(django_asgi_app),  # 413 before any oversized body is read, on every endpoint
         "websocket": AllowedHostsOriginValidator(URLRouter(websocket_urlpatterns)),
     }
 )

@@ -145,22 +145,22 @@ CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", _broker_from_redis(REDIS_URL))
 MONGO_URL = env_str("MONGO_URL", f"mongodb://127.0.0.1:{env_int('POOLHUB_FILESTORE_PORT', 27018)}/poolhub")
 MONGO_DB = env_str("MONGO_DB", urlsplit(MONGO_URL).path.strip("/") or "poolhub")
 
-CHANNEL_GROUP_EXPIRY_SECONDS = env_int("CHANNEL_GROUP_EXPIRY_SECONDS", 86400)
 CHANNEL_LAYERS = {
     "default": {
-        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        # One Redis pub/sub subscription per group per web process, delivered to that process's
+        # sockets in memory (notifications/layer.py, docs/realtime.md): a push costs one PUBLISH
+        # whatever the pool's size, and no group outlives the sockets in it.
+        "BACKEND": "notifications.layer.PubSubChannelLayer",
         "CONFIG": {
-            # Each socket waits on BZPOPMIN for 5 s at a time; redis-py's default 5 s read timeout
-            # would fire first and kill idle sockets (measured): the read timeout must be longer.
-            "hosts": [{"address": REDIS_URL, "socket_timeout": 15, "socket_connect_timeout": 5}],
-            # Same database as staging, under its own key prefix: two deployments (or test runs)
-            # that use different REDIS_URL databases share nothing.
-            "prefix": "poolhub:ws",
-            # Pushes to a pool of thousands cost one message per web process, not per socket
-            # (docs/realtime.md); a process or socket this far behind drops pushes, `resume` replays.
+            # health checks notice a Redis that vanished without closing the connection.
+            "hosts": [{"address": REDIS_URL, "socket_timeout": 15, "socket_connect_timeout": 5,
+                       "health_check_interval": 30}],
+            # Pub/sub channels are shared by every database of a Redis server: the prefix names
+            # REDIS_URL's database, so deployments (or test runs) on different databases share nothing.
+            "prefix": f"poolhub:ws:{_redis_db(REDIS_URL)}:",
+            # Pushes a socket may have waiting in its web process; past that the oldest are
+            # dropped, and `resume` replays them from the event log.
             "capacity": env_int("CHANNEL_CAPACITY", 1000),
-            "expiry": env_int("CHANNEL_EXPIRY_SECONDS", 60),
-            "group_expiry": CHANNEL_GROUP_EXPIRY_SECONDS,
         },
     }
 }
@@ -284,9 +284,7 @@ POOLHUB_WS_AUTH_SECONDS = env_int("POOLHUB_WS_AUTH_SECONDS", 10)
 POOLHUB_WS_CHUNK_BYTES = env_int("POOLHUB_WS_CHUNK_BYTES", 512 * 1024)
 POOLHUB_WS_TRANSFER_TTL_SECONDS = env_int("POOLHUB_WS_TRANSFER_TTL_SECONDS", 3600)
 POOLHUB_WS_MAX_OPEN_TRANSFERS = env_int("POOLHUB_WS_MAX_OPEN_TRANSFERS", 32)
-# Group memberships in channels-redis expire (group_expiry): sockets re-join well before that.
-POOLHUB_WS_RESYNC_SECONDS = env_int(
-    "POOLHUB_WS_RESYNC_SECONDS", min(600, CHANNEL_GROUP_EXPIRY_SECONDS // 4))
+POOLHUB_WS_RESYNC_SECONDS = env_int("POOLHUB_WS_RESYNC_SECONDS", 600)  # an open socket re-reads its pools
 CELERY_BEAT_SCHEDULE["notifications.transfers_expire"] = {"task": "notifications.transfers_expire",
                                                           "schedule": 60.0}
 FILE_UPLOAD_MAX_MEMORY_SIZE = 256 * 1024
@@ -332,11 +330,6 @@ CACHES = {
     }
 }
 
-# --- harden (docs/configuration.md "Security and limits") -----------------------------------
-# Webhooks call public addresses only; a trusted network (or the test suite) may allow private ones.
-POOLHUB_WEBHOOK_ALLOW_PRIVATE = env_bool("POOLHUB_WEBHOOK_ALLOW_PRIVATE", False)
-POOLHUB_WEBHOOK_ALLOW_HTTP = env_bool("POOLHUB_WEBHOOK_ALLOW_HTTP", not PRODUCTION)
-
 # --- lifecycle ------------------------------------------------------------------------------
 # Provisioning, quotas, retention and round settings (docs/lifecycle.md). Generated secrets of
 # provisioned accounts are verified by their own cheap hasher (accounts/hashers.py, why there);
@@ -353,3 +346,21 @@ POOLHUB_PURGE_BATCH = env_int("POOLHUB_PURGE_BATCH", 200)
 POOLHUB_PURGE_MAX_BATCHES = env_int("POOLHUB_PURGE_MAX_BATCHES", 50)
 # A failed upload's staged bytes are kept for re-drive this many days, then released (0: never).
 POOLHUB_FAILED_UPLOAD_KEEP_DAYS = env_int("POOLHUB_FAILED_UPLOAD_KEEP_DAYS", 14)
+
+# --- harden (docs/configuration.md "Security and limits") -----------------------------------
+# Webhooks call public addresses only; a trusted network (or the test suite) may allow private ones.
+POOLHUB_WEBHOOK_ALLOW_PRIVATE = env_bool("POOLHUB_WEBHOOK_ALLOW_PRIVATE", False)
+POOLHUB_WEBHOOK_ALLOW_HTTP = env_bool("POOLHUB_WEBHOOK_ALLOW_HTTP", not PRODUCTION)
+# Request bodies (uploads/asgi.py): each endpoint's cap, refused with 413 before it is read.
+POOLHUB_MAX_AUTH_BODY_BYTES = env_int("POOLHUB_MAX_AUTH_BODY_BYTES", 4 * 1024)
+POOLHUB_MAX_JSON_BODY_BYTES = env_int("POOLHUB_MAX_JSON_BODY_BYTES", 64 * 1024)
+POOLHUB_MAX_BATCH_BYTES = env_int("POOLHUB_MAX_BATCH_BYTES", 256 * 1024 * 1024)
+POOLHUB_MAX_RESULT_BYTES = env_int("POOLHUB_MAX_RESULT_BYTES", 64 * 1024 * 1024)
+
+# --- web ---
+# Files larger than this go from the web page over the resumable path (tus where the server has it,
+# else the websocket transfer verbs) instead of one multipart POST.
+POOLHUB_WEB_LARGE_FILE_BYTES = env_int("POOLHUB_WEB_LARGE_FILE_BYTES", 8 * 1024 * 1024)
+# whitenoise also serves files the staticfiles finders find (poolhub/static), so the page works from
+# a checkout that never ran collectstatic (`make run`, the browser tests); collected files still win.
+WHITENOISE_USE_FINDERS = True

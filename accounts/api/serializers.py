@@ -4,7 +4,16 @@ from typing import Any
 
 from rest_framework import serializers
 
-from accounts.models import MAX_WINDOW_SECONDS, MIN_WINDOW_SECONDS, LatePolicy, Membership, Pool, Role, User
+from accounts.models import (
+    MAX_TIMESTAMP_AGE_SECONDS,
+    MAX_WINDOW_SECONDS,
+    MIN_WINDOW_SECONDS,
+    LatePolicy,
+    Membership,
+    Pool,
+    Role,
+    User,
+)
 
 
 class UserOutput(serializers.Serializer):
@@ -26,6 +35,12 @@ class RefreshInput(serializers.Serializer):
 
 
 class LogoutInput(serializers.Serializer):
+    refresh = serializers.CharField(required=False, allow_blank=True)
+
+
+class PasswordChangeInput(serializers.Serializer):
+    current_password = serializers.CharField(max_length=256, trim_whitespace=False)
+    new_password = serializers.CharField(max_length=256, trim_whitespace=False)
     refresh = serializers.CharField(required=False, allow_blank=True)
 
 
@@ -66,6 +81,9 @@ class PoolSerializer(serializers.ModelSerializer):
                                               required=False)
     grace_seconds = serializers.IntegerField(min_value=0, max_value=MAX_WINDOW_SECONDS, required=False)
     max_file_bytes = serializers.IntegerField(min_value=1, required=False)
+    max_result_bytes = serializers.IntegerField(min_value=1, max_value=2**62, required=False)
+    max_timestamp_age_seconds = serializers.IntegerField(min_value=MIN_WINDOW_SECONDS,
+                                                         max_value=MAX_TIMESTAMP_AGE_SECONDS, required=False)
     allowed_types = serializers.ListField(child=serializers.CharField(max_length=100), required=False,
                                           max_length=100)
     late_policy = serializers.ChoiceField(choices=LatePolicy.choices, required=False)
@@ -81,7 +99,8 @@ class PoolSerializer(serializers.ModelSerializer):
         model = Pool
         fields = ["id", "name", "window_seconds", "grace_seconds", "max_file_bytes", "allowed_types",
                   "late_policy", "created_at", "origin", "lease_seconds", "close_min_uploads",
-                  "close_min_contributors", "webhook_url", "webhook_secret"]
+                  "close_min_contributors", "webhook_url", "webhook_secret", "max_result_bytes",
+                  "max_timestamp_age_seconds"]
         read_only_fields = ["id", "created_at"]
 
 

@@ -9,19 +9,16 @@ refusal drops every byte staged for the request.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, cast
 from uuid import UUID
 
 import redis
-from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig, SuspiciousOperation, TooManyFieldsSent, TooManyFilesSent
-from django.core.handlers.asgi import ASGIRequest
 from django.core.serializers.json import DjangoJSONEncoder
-from django.http import StreamingHttpResponse
-from django.utils.http import content_disposition_header
+from django.http import HttpResponseBase
 from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -30,6 +27,7 @@ from rest_framework.views import APIView
 
 from accounts.models import WRITER_ROLES, Pool, User
 from accounts.selectors import pool_access
+from poolhub.downloads import ranged_download
 from poolhub.errors import ApiError, BadRequest, Unavailable
 from poolhub.filestore import FileStoreError
 from poolhub.throttling import process_cache
@@ -237,37 +235,20 @@ class UploadDetailApi(APIView):
 STORE_ERRORS = (FileStoreError, redis.RedisError, StagingMissing)
 
 
-async def _async_chunks(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
-    """Feed a blocking chunk iterator to the ASGI server one chunk at a time (never list() it)."""
-    def next_chunk() -> bytes | None:
-        return next(chunks, None)
-
-    pull = sync_to_async(next_chunk, thread_sensitive=False)
-    while True:
-        chunk = await pull()
-        if chunk is None:
-            return
-        yield chunk
-
-
 class UploadContentApi(APIView):
-    def get(self, request: Request, upload_id: UUID) -> StreamingHttpResponse:
+    def get(self, request: Request, upload_id: UUID) -> HttpResponseBase:
         upload = selectors.upload_get(user=_user(request), upload_id=upload_id)
-        try:
-            chunks = selectors.upload_content(upload=upload)
-        except STORE_ERRORS as exc:
-            raise Unavailable("the file store is unavailable; try again later") from exc
-        content: Iterator[bytes] | AsyncIterator[bytes] = chunks
-        if isinstance(request._request, ASGIRequest):
-            content = _async_chunks(chunks)
+
+        def read(start: int, stop: int) -> Iterator[bytes]:
+            try:
+                return selectors.upload_content(upload=upload, start=start, end=stop)
+            except STORE_ERRORS as exc:
+                raise Unavailable("the file store is unavailable; try again later") from exc
+
         content_type = upload.content_type
         if content_type in REFUSED_BY_DEFAULT or not content_type:
             content_type = "application/octet-stream"
-        response = StreamingHttpResponse(content, content_type=content_type)
-        response["Content-Length"] = str(upload.size)
-        response["Content-Disposition"] = content_disposition_header(as_attachment=True, filename=upload.filename)
-        response["X-Content-Type-Options"] = "nosniff"
-        response["Content-Security-Policy"] = "default-src 'none'; sandbox"
-        response["Cache-Control"] = "private, no-store"
-        response["X-Upload-Sha256"] = upload.sha256
-        return response
+        # The upload's sha256 is its bytes' strong validator, staged or stored.
+        return ranged_download(request=request, length=upload.size, etag=upload.sha256, read=read,
+                               filename=upload.filename, content_type=content_type,
+                               headers={"X-Upload-Sha256": upload.sha256})
