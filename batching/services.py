@@ -153,10 +153,10 @@ def _close_rules_on_commit(*, pool: Pool, group: Group) -> None:
     """Once the upload's transaction commits (so it counts), check the pool's close rules."""
     if pool.close_min_uploads is None and pool.close_min_contributors is None:
         return
-    from batching.tasks import check_close_rules  # late: tasks import this module
+    from batching import tasks  # late: tasks import this module
 
     group_id = str(group.id)
-    transaction.on_commit(lambda: check_close_rules.delay(group_id))
+    transaction.on_commit(lambda: tasks.group_close_if_rules_met.delay(group_id))
 
 
 # --- closing -----------------------------------------------------------------------------------
@@ -224,7 +224,7 @@ def group_close_rules_met(*, group: Group, pool: Pool) -> bool:
     return False
 
 
-def group_check_close_rules(*, group_id: UUID | str) -> Group | None:
+def group_close_if_rules_met(*, group_id: UUID | str) -> Group | None:
     group = Group.objects.select_related("pool").filter(id=group_id).first()
     if group is None or group.status != GroupStatus.OPEN:
         return group
