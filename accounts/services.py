@@ -30,7 +30,7 @@ from accounts.tokens import (
     access_token_deny,
     refresh_token_spend,
     refresh_tokens_revoke_all,
-    token_pair_for,
+    token_pair_issue,
     user_tokens_allow,
     user_tokens_deny,
 )
@@ -74,7 +74,7 @@ def user_login(*, username: str, password: str, address: str) -> tuple[User, dic
     if not isinstance(user, User) or not user.is_active:
         login_failure_record(username=username, address=address)
         raise ApiError("wrong username or password", code="invalid_credentials", status_code=401)
-    return user, token_pair_for(user=user)
+    return user, token_pair_issue(user=user)
 
 
 def token_refresh(*, refresh: str) -> dict[str, str]:
@@ -92,7 +92,7 @@ def token_refresh(*, refresh: str) -> dict[str, str]:
         refresh_token_spend(token=token, user=user)
     except RefreshTokenSpent as exc:  # a concurrent refresh spent it first
         raise ApiError("the refresh token was already used", code="token_revoked", status_code=401) from exc
-    return token_pair_for(user=user)
+    return token_pair_issue(user=user)
 
 
 def user_logout(*, user: User, access: Token | dict[str, Any] | None, refresh: str | None) -> None:
@@ -127,7 +127,7 @@ def user_password_change(*, user: User, current_password: str, new_password: str
         user.save(update_fields=["password"])
         user_logout(user=user, access=access, refresh=refresh)
         refresh_tokens_revoke_all(user=user)  # every session started with the old password ends
-    return token_pair_for(user=user)
+    return token_pair_issue(user=user)
 
 
 def user_active_set(*, user: User, active: bool) -> None:

@@ -20,7 +20,7 @@ _DENYLIST_PREFIX = "poolhub:jwt:denied:"
 _INACTIVE_PREFIX = "poolhub:jwt:inactive-user:"
 
 
-def token_pair_for(*, user: User) -> dict[str, str]:
+def token_pair_issue(*, user: User) -> dict[str, str]:
     refresh = RefreshToken.for_user(user)
     return {"access": str(refresh.access_token), "refresh": str(refresh)}
 
