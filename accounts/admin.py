@@ -52,7 +52,7 @@ class BulkMembersForm(forms.Form):
 
 
 class ProvisionForm(forms.Form):
-    count = forms.IntegerField(min_value=1, max_value=1000, initial=10)
+    count = forms.IntegerField(min_value=1, initial=10)  # the service enforces POOLHUB_PROVISION_MAX
     name_prefix = forms.CharField(max_length=100, initial="client-", label="Username prefix")
     role = forms.ChoiceField(choices=Role.choices, initial=Role.CONTRIBUTOR)
 

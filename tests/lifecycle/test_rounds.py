@@ -11,6 +11,7 @@ import pytest
 
 from accounts.models import Membership, Role
 from batching.models import Group
+from batching.projections import group_rebuild
 from batching.services import groups_close_due
 from tests.batching.conftest import T0, stored_upload
 from tests.conftest import error_code, make_user
@@ -47,6 +48,11 @@ def test_too_few_contributors_roll_the_window_into_the_next(pool, contributor):
     assert rolled_into.window_start == group.window_end  # the next window, open
     assert rolled_into.status == "open"
     assert Event.objects.filter(stream_type="upload", stream_id=upload.id, type="upload.regrouped").count() == 1
+    Group.objects.filter(id=group.id).update(status="open", closed_at=None)  # the projection, lost
+    assert group_rebuild(group_id=group.id)  # ... is rebuilt from the log
+    group.refresh_from_db()
+    assert group.status == "skipped"
+    assert group.closed_at is not None
 
 
 def test_too_few_contributors_skip_the_window_when_the_pool_says_so(api, pool, contributor, exporter):
