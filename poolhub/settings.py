@@ -386,3 +386,10 @@ POOLHUB_TUS_USER_MAX_BYTES = env_int("POOLHUB_TUS_USER_MAX_BYTES", 512 * 1024 * 
 # Origins (scheme://host[:port]) of web pages served elsewhere that may call the tus endpoints.
 POOLHUB_TUS_CORS_ORIGINS = env_list("POOLHUB_TUS_CORS_ORIGINS", [])
 CELERY_BEAT_SCHEDULE["uploads.expire_tus"] = {"task": "uploads.expire_tus", "schedule": 300.0}
+# Production over TLS: browsers remember to use https only (HSTS, sent on secure requests), and
+# behind a TLS-terminating proxy that sets X-Forwarded-Proto, requests are known to be secure.
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31536000 if PRODUCTION else 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+if env_bool("POOLHUB_TLS_PROXY", PRODUCTION):
+    # Only safe when the proxy overwrites the header: a client could otherwise claim https.
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
