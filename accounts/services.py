@@ -32,13 +32,16 @@ def _invalid(field: str, message: str, code: str = "invalid") -> BadRequest:
     return BadRequest(f"{field}: {message}", code=code, details={"fields": {field: [message]}})
 
 
-def user_signup(*, username: str, password: str) -> User:
-    candidate = User(username=username)
+def _password_validate(password: str, *, user: User, field: str = "password") -> None:
     try:
-        validate_password(password, user=candidate)
+        validate_password(password, user=user)
     except DjangoValidationError as exc:
-        raise BadRequest("password: " + " ".join(exc.messages), code="weak_password",
-                         details={"fields": {"password": list(exc.messages)}}) from exc
+        raise BadRequest(f"{field}: " + " ".join(exc.messages), code="weak_password",
+                         details={"fields": {field: list(exc.messages)}}) from exc
+
+
+def user_signup(*, username: str, password: str) -> User:
+    _password_validate(password, user=User(username=username))
     taken = Conflict("username: this username is taken", code="username_taken",
                      details={"fields": {"username": ["this username is taken"]}})
     # "Alice" and "alice" would be two accounts a human cannot tell apart.
@@ -95,6 +98,19 @@ def user_logout(*, user: User, access: Token | dict[str, Any] | None, refresh: s
         from notifications.services import access_token_revoked  # live sockets on this token close now
 
         transaction.on_commit(lambda: access_token_revoked(user_id=user.id, jti=str(access["jti"])))
+
+
+def user_password_change(*, user: User, current_password: str, new_password: str,
+                         access: Token | dict[str, Any] | None, refresh: str | None) -> dict[str, str]:
+    """Check the current password, set the new one, revoke the session in hand and start a new one."""
+    if not user.check_password(current_password):
+        raise _invalid("current_password", "the current password is wrong")
+    _password_validate(new_password, user=user, field="new_password")
+    with transaction.atomic():
+        user.set_password(new_password)
+        user.save(update_fields=["password"])
+        user_logout(user=user, access=access, refresh=refresh)
+    return token_pair_for(user=user)
 
 
 def pool_create(*, data: dict[str, Any]) -> Pool:

@@ -354,3 +354,11 @@ POOLHUB_MAX_AUTH_BODY_BYTES = env_int("POOLHUB_MAX_AUTH_BODY_BYTES", 4 * 1024)
 POOLHUB_MAX_JSON_BODY_BYTES = env_int("POOLHUB_MAX_JSON_BODY_BYTES", 64 * 1024)
 POOLHUB_MAX_BATCH_BYTES = env_int("POOLHUB_MAX_BATCH_BYTES", 256 * 1024 * 1024)
 POOLHUB_MAX_RESULT_BYTES = env_int("POOLHUB_MAX_RESULT_BYTES", 64 * 1024 * 1024)
+
+# --- web ---
+# Files larger than this go from the web page over the resumable path (tus where the server has it,
+# else the websocket transfer verbs) instead of one multipart POST.
+POOLHUB_WEB_LARGE_FILE_BYTES = env_int("POOLHUB_WEB_LARGE_FILE_BYTES", 8 * 1024 * 1024)
+# whitenoise also serves files the staticfiles finders find (poolhub/static), so the page works from
+# a checkout that never ran collectstatic (`make run`, the browser tests); collected files still win.
+WHITENOISE_USE_FINDERS = True

@@ -38,6 +38,12 @@ class LogoutInput(serializers.Serializer):
     refresh = serializers.CharField(required=False, allow_blank=True)
 
 
+class PasswordChangeInput(serializers.Serializer):
+    current_password = serializers.CharField(max_length=256, trim_whitespace=False)
+    new_password = serializers.CharField(max_length=256, trim_whitespace=False)
+    refresh = serializers.CharField(required=False, allow_blank=True)
+
+
 class TokenPairOutput(serializers.Serializer):
     access = serializers.CharField()
     refresh = serializers.CharField()

@@ -21,6 +21,7 @@ from accounts.api.serializers import (
     LogoutInput,
     MemberRoleInput,
     MemberSerializer,
+    PasswordChangeInput,
     PoolOutput,
     PoolSerializer,
     ProvisionInput,
@@ -114,6 +115,20 @@ class LogoutApi(APIView):
         data = _valid(LogoutInput, request.data)
         services.user_logout(user=_user(request), access=cast(Any, request.auth), refresh=data.get("refresh") or None)
         return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class PasswordChangeApi(APIView):
+    """The signed-in user's password; the token pair in hand is revoked and a new pair returned."""
+
+    throttle_classes = [AuthThrottle]
+
+    @extend_schema(request=PasswordChangeInput, responses={200: TokenPairOutput, **_errors(400, 401, 429)})
+    def post(self, request: Request) -> Response:
+        data = _valid(PasswordChangeInput, request.data)
+        tokens = services.user_password_change(
+            user=_user(request), current_password=data["current_password"], new_password=data["new_password"],
+            access=cast(Any, request.auth), refresh=data.get("refresh") or None)
+        return Response(tokens)
 
 
 class ValidateApi(APIView):

@@ -13,6 +13,7 @@ class GroupOutput(serializers.Serializer):
     window_end = serializers.DateTimeField()
     status = serializers.CharField()
     upload_count = serializers.IntegerField()
+    contributor_count = serializers.IntegerField()  # distinct uploaders so far (the web page's current window)
     bytes = serializers.IntegerField()
     closed_at = serializers.DateTimeField()
 
