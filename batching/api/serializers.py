@@ -51,3 +51,9 @@ class ResultOutput(serializers.Serializer):
 
     def get_url(self, result: Result) -> str:
         return result_content_path(result_id=result.id)
+
+
+class WebhookTestOutput(serializers.Serializer):
+    delivered = serializers.BooleanField()
+    status = serializers.IntegerField(allow_null=True)  # the receiver's HTTP status; null when unreachable
+    error = serializers.CharField(allow_blank=True)

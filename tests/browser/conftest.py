@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from tests import live
+from tests.batching.conftest import webhook_receiver  # noqa: F401  (a fixture: the pool's webhook receiver)
 
 ARTIFACTS = live.BASE_DIR / "var" / "test-artifacts" / "browser"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -65,10 +66,24 @@ class Watched:
     page: Any
     name: str
     errors: list[str] = field(default_factory=list)
+    expected: list[int] = field(default_factory=list)
+
+    def expect_refusal(self, status: int) -> None:
+        """The next step is refused by the API on purpose: the browser logs that response as a
+        console error ("Failed to load resource"), which is then not a problem."""
+        self.expected.append(status)
 
     def problems(self) -> list[str]:
         csp = self.page.evaluate("window.__cspViolations || []")
-        return [f"{self.name}: console: {e}" for e in self.errors] + [f"{self.name}: CSP: {v}" for v in csp]
+        expected = list(self.expected)
+        errors = []
+        for error in self.errors:
+            status = next((s for s in expected if f"responded with a status of {s} " in error), None)
+            if status is not None:
+                expected.remove(status)
+            else:
+                errors.append(error)
+        return [f"{self.name}: console: {e}" for e in errors] + [f"{self.name}: CSP: {v}" for v in csp]
 
     def shot(self, name: str) -> Path:
         ARTIFACTS.mkdir(parents=True, exist_ok=True)

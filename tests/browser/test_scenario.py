@@ -14,6 +14,7 @@ import json
 import os
 import tarfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -51,7 +52,7 @@ def files(tmp_path: Path) -> list[Path]:
     return made
 
 
-def test_every_role_does_its_job_from_the_page(browser: Browser, tmp_path: Path) -> None:
+def test_every_role_does_its_job_from_the_page(browser: Browser, tmp_path: Path, webhook_receiver: Any) -> None:
     pool = Pool.objects.create(name="weather-stations", window_seconds=3600, grace_seconds=60)
     for username, role in (("manager", Role.MANAGER), ("exporter", Role.EXPORTER), ("listener", Role.LISTENER)):
         Membership.objects.create(pool=pool, user=make_user(username), role=role)
@@ -71,17 +72,27 @@ def test_every_role_does_its_job_from_the_page(browser: Browser, tmp_path: Path)
     boss = browser.open("manager")
     log_in(boss, "manager")
     tab(boss, "manage")
+    # An API refusal is shown as the contract's message next to the control that caused it.
+    boss.expect_refusal(400)
+    boss.page.locator("#member-form input[name=username]").fill("nobody")
+    boss.page.locator("#member-form button[type=submit]").click()
+    boss.page.locator("#member-form [data-error]").filter(has_text="username: no user with this username").wait_for()
     boss.page.locator("#member-form input[name=username]").fill("dana")
     boss.page.locator("#member-form select[name=role]").select_option("contributor")
     boss.page.locator("#member-form button[type=submit]").click()
     boss.page.locator('#members tr[data-username="dana"]').wait_for()
+    assert boss.page.locator("#member-form [data-error]").is_hidden()
     grace = boss.page.locator("#settings-form input[name=grace_seconds]")
     assert grace.input_value() == "60"
     grace.fill("120")
+    boss.page.locator("#settings-form input[name=webhook_url]").fill(webhook_receiver.url)
     boss.page.locator("#settings-form button[type=submit]").click()
     boss.page.get_by_text("Saved.").wait_for()
     pool.refresh_from_db()
-    assert pool.grace_seconds == 120
+    assert (pool.grace_seconds, pool.webhook_url) == (120, webhook_receiver.url)
+    boss.page.locator("#webhook-test").click()
+    boss.page.get_by_text("Test delivery: the receiver answered 200.").wait_for()
+    assert json.loads(webhook_receiver.calls[0]["body"])["type"] == "webhook.test"
     assert Membership.objects.get(pool=pool, user__username="dana").role == Role.CONTRIBUTOR
     # ...and provisions two device accounts, whose credentials come once, as a CSV download.
     assert boss.page.locator("#provision-box").is_visible()

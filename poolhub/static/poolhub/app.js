@@ -1382,7 +1382,8 @@
     fieldOk(form, "sending a test delivery…");
     try {
       const r = await api(poolPath(state.pool, "/webhook/test"), { method: "POST" });
-      fieldOk(form, "Test delivery: " + (r && r.status ? "the receiver answered " + r.status : "sent"));
+      if (r.delivered) fieldOk(form, "Test delivery: the receiver answered " + r.status + ".");
+      else { fieldOk(form, ""); fieldError(form, "Test delivery failed: " + (r.error || "no answer")); }
     } catch (e) {
       fieldOk(form, "");
       fieldError(form, e.message);
