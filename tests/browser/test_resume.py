@@ -126,3 +126,20 @@ def test_a_large_upload_resumes_after_a_reload(browser: Browser, carol: tuple[Wa
     assert 0 < later[0] <= seen[-1]  # resumed, not sent again from the start
     stored_exactly(big)
     assert browser.problems() == []
+
+
+def test_a_cancelled_upload_stores_nothing(browser: Browser, carol: tuple[Watched, Path]) -> None:
+    page, big = carol
+    seen, _ = cut_socket(page, then="hold")
+    page.page.reload()
+    log_in(page, "carol")
+    item = start_upload(page, big)
+    while len(seen) <= CUT_AFTER_CHUNKS:
+        page.page.wait_for_timeout(100)
+
+    item.get_by_role("button", name=f"Cancel {big.name}").click()
+
+    item.locator('.status:text-is("cancelled")').wait_for()
+    assert item.get_by_role("button", name=f"Cancel {big.name}").is_disabled()
+    assert not Upload.objects.exists()
+    assert browser.problems() == []
