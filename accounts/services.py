@@ -23,6 +23,7 @@ from rest_framework_simplejwt.exceptions import TokenError
 from rest_framework_simplejwt.tokens import RefreshToken, Token
 
 from accounts.hashers import generated_secret, generated_secret_hash
+from accounts.login_guard import login_failure_record, login_guard_check
 from accounts.models import Membership, Pool, Role, User
 from accounts.tokens import RefreshTokenSpent, access_token_deny, refresh_token_spend, token_pair_for
 from poolhub.errors import ApiError, BadRequest, Conflict, NotFound, Unavailable
@@ -54,9 +55,13 @@ def user_signup(*, username: str, password: str) -> User:
         raise taken from exc
 
 
-def user_login(*, username: str, password: str) -> tuple[User, dict[str, str]]:
+def user_login(*, username: str, password: str, address: str) -> tuple[User, dict[str, str]]:
+    """Failed logins are counted per account and per address (accounts.login_guard): past either
+    limit, 429 before the password is checked."""
+    login_guard_check(username=username, address=address)
     user = authenticate(username=username, password=password)
     if not isinstance(user, User) or not user.is_active:
+        login_failure_record(username=username, address=address)
         raise ApiError("wrong username or password", code="invalid_credentials", status_code=401)
     return user, token_pair_for(user=user)
 

@@ -3,7 +3,9 @@
 Every state change of a group is an event on the group's stream, appended in the transaction
 that saves the group's projection row (`status`). Writers lock the group row first
 (`select_for_update`; on SQLite the IMMEDIATE transactions serialize writers), so two writers
-never append at the same version.
+never append at the same version. Uploads joining a group take only a key-share lock on its
+row (`FOR KEY SHARE`): they never wait for each other, and a close or claim (`FOR UPDATE`)
+waits until the uploads already joining have committed, so none slips into an exported group.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from datetime import datetime, timedelta
 from typing import IO, Any
 from uuid import UUID, uuid4
 
-from django.db import IntegrityError, connection, transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from accounts.models import LatePolicy, Pool, User
@@ -26,7 +28,6 @@ from batching.windows import window_bounds
 from poolhub.errors import BadRequest, Conflict, Forbidden, Unavailable
 from poolhub.filestore import Bucket, FileStoreError, StoredFile, file_delete, file_write, io_chunks
 from uploads.checks import timestamp_age_check
-from uploads.events import _EVENT_LOG_LOCK as EVENT_LOG_LOCK
 from uploads.events import event_append
 
 logger = logging.getLogger(__name__)
@@ -41,14 +42,8 @@ def _now() -> datetime:
 
 
 def _locked(group_id: UUID | str) -> Group:
-    """The group row, locked for this transaction, after the event log's lock.
-
-    Always in that order: `event_append` holds one advisory lock for the whole log until commit,
-    and an upload's transaction takes it before touching a group row (its insert's foreign-key
-    lock). Locking the group first and the log second would deadlock against it on PostgreSQL.
-    """
-    _event_log_lock()
-    return Group.objects.select_for_update().select_related("pool").get(id=group_id)
+    """The group row, locked for this transaction (FOR UPDATE: waits for uploads joining it)."""
+    return Group.objects.select_for_update(of=("self",)).select_related("pool").get(id=group_id)
 
 
 def _append(group: Group, type: str, data: dict[str, Any]) -> Any:
@@ -75,16 +70,19 @@ def group_is_due(*, group: Group, pool: Pool, now: datetime) -> bool:
 
 
 def _window_group(*, pool: Pool, start: datetime, end: datetime, create: bool = True) -> Group | None:
-    """The window's group, locked against a concurrent claim (FOR NO KEY UPDATE: uploads joining it
-    do not wait for each other on it), created on first use."""
-    group = Group.objects.select_for_update(no_key=True).filter(pool=pool, window_start=start).first()
-    if group is not None or not create:
-        return group
-    try:
-        with transaction.atomic():
-            return Group.objects.create(pool=pool, window_start=start, window_end=end)
-    except IntegrityError:  # another request created it first
-        return Group.objects.select_for_update(no_key=True).get(pool=pool, window_start=start)
+    """The window's group, created on first use, key-share locked until the caller's transaction
+    ends: a close or claim (FOR UPDATE) waits for it, other uploads do not.
+
+    Get-or-create by the unique (pool, window_start) constraint: `INSERT ... ON CONFLICT DO
+    NOTHING`, then read; two requests creating the same window both end up with the one row."""
+    if create:
+        Group.objects.bulk_create([Group(pool=pool, window_start=start, window_end=end)], ignore_conflicts=True)
+    groups = Group.objects.filter(pool=pool, window_start=start)
+    if connection.vendor != "postgresql":  # SQLite: one writer at a time, no row locks
+        return groups.first()
+    # FOR KEY SHARE: Django's ORM has no spelling for it (select_for_update gives the stronger ones).
+    sql, params = groups.query.sql_with_params()
+    return next(iter(Group.objects.raw(f"{sql} FOR KEY SHARE", params)), None)
 
 
 def _accepts_on_time(*, group: Group | None, pool: Pool, end: datetime, now: datetime) -> bool:
@@ -106,14 +104,6 @@ def _next_open_group(*, pool: Pool, at: datetime, now: datetime) -> Group:
     raise Conflict("no open window to place this upload in", code="late_upload")
 
 
-def _event_log_lock() -> None:
-    """Take the event log's lock (as `event_append` does) before any group row lock: always in
-    that order, or two transactions could each hold one and wait for the other (PostgreSQL)."""
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [EVENT_LOG_LOCK])
-
-
 def group_for_upload(*, pool: Pool, timestamp: datetime) -> Group:
     """The group an upload with this timestamp joins; call it inside the upload's transaction.
 
@@ -126,7 +116,6 @@ def group_for_upload(*, pool: Pool, timestamp: datetime) -> Group:
     """
     timestamp_age_check(timestamp=timestamp, pool=pool)  # every way in: REST, batch, socket, tus
     with transaction.atomic():
-        _event_log_lock()
         now = _now()
         start, end = window_bounds(origin=pool.origin, window_seconds=pool.window_seconds, at=timestamp)
         own = _window_group(pool=pool, start=start, end=end, create=False)
@@ -147,7 +136,10 @@ def group_for_upload(*, pool: Pool, timestamp: datetime) -> Group:
         else:
             target = _next_open_group(pool=pool, at=max(now, end), now=now)
         assert target is not None
-        locked = _locked(target.id)
+        # FOR NO KEY UPDATE, not _locked's FOR UPDATE: it does not wait for the key-share locks
+        # of uploads joining the group (two of them each waiting for the other's would deadlock);
+        # late uploads to one group append to its stream one at a time.
+        locked = Group.objects.select_for_update(no_key=True, of=("self",)).select_related("pool").get(id=target.id)
         _append(locked, "group.late_upload", {
             "group": str(locked.id), "timestamp": timestamp.isoformat(), "window_start": start.isoformat(),
             "policy": pool.late_policy, "moved": locked.window_start != start,

@@ -209,6 +209,9 @@ REST_FRAMEWORK = {
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
     "DEFAULT_THROTTLE_RATES": {
         "auth": env_str("THROTTLE_AUTH", "30/min"),
+        # Login: requests per address, high enough for a fleet behind one NAT; failures are limited
+        # per account and per address apart (accounts/login_guard.py).
+        "login": env_str("THROTTLE_LOGIN", "1200/min"),
         # Refresh tokens cannot be guessed, and a fleet behind one NAT refreshes often: its own rate.
         "refresh": env_str("THROTTLE_REFRESH", "600/min"),
         "uploads": env_str("THROTTLE_UPLOADS", "600/min"),
@@ -362,3 +365,19 @@ POOLHUB_WEB_LARGE_FILE_BYTES = env_int("POOLHUB_WEB_LARGE_FILE_BYTES", 8 * 1024 
 # whitenoise also serves files the staticfiles finders find (poolhub/static), so the page works from
 # a checkout that never ran collectstatic (`make run`, the browser tests); collected files still win.
 WHITENOISE_USE_FINDERS = True
+# Failed logins (accounts/login_guard.py): per account and per address, in fixed windows.
+POOLHUB_LOGIN_FAILURES_PER_ACCOUNT = env_int("POOLHUB_LOGIN_FAILURES_PER_ACCOUNT", 10)
+POOLHUB_LOGIN_FAILURES_PER_ADDRESS = env_int("POOLHUB_LOGIN_FAILURES_PER_ADDRESS", 100)
+POOLHUB_LOGIN_FAILURE_WINDOW_SECONDS = env_int("POOLHUB_LOGIN_FAILURE_WINDOW_SECONDS", 900)
+MIDDLEWARE.insert(MIDDLEWARE.index("django.contrib.auth.middleware.AuthenticationMiddleware") + 1,
+                  "accounts.login_guard.AdminLoginGuard")  # the admin's login page: the same counters
+
+# --- files (docs/configuration.md "Files: downloads and tus") ---------------------------------
+# A tus upload idle this long expires (Upload-Expires) and its staged bytes are released.
+POOLHUB_TUS_EXPIRY_SECONDS = env_int("POOLHUB_TUS_EXPIRY_SECONDS", 6 * 3600)
+# One user's unfinished tus uploads: how many, and how many bytes their declared lengths add up to.
+POOLHUB_TUS_USER_MAX_UPLOADS = env_int("POOLHUB_TUS_USER_MAX_UPLOADS", 32)
+POOLHUB_TUS_USER_MAX_BYTES = env_int("POOLHUB_TUS_USER_MAX_BYTES", 512 * 1024 * 1024)
+# Origins (scheme://host[:port]) of web pages served elsewhere that may call the tus endpoints.
+POOLHUB_TUS_CORS_ORIGINS = env_list("POOLHUB_TUS_CORS_ORIGINS", [])
+CELERY_BEAT_SCHEDULE["uploads.expire_tus"] = {"task": "uploads.expire_tus", "schedule": 300.0}

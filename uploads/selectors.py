@@ -6,12 +6,15 @@ from collections.abc import Iterator
 from typing import Any
 from uuid import UUID
 
+from django.db import connection
 from django.db.models import Q, QuerySet
+from django.db.models.expressions import RawSQL
 
 from accounts.models import Role, User
 from accounts.selectors import pool_access, user_is_admin
 from poolhub.errors import NotFound
 from poolhub.filestore import Bucket, file_chunks
+from uploads.events import SEQ_PER_TRANSACTION
 from uploads.models import Event, Upload, UploadStatus
 from uploads.staging import StagingMissing, staging_exists, staging_read
 
@@ -62,6 +65,18 @@ def upload_get(*, user: User, upload_id: UUID | str) -> Upload:
 
 def upload_events(*, upload: Upload) -> QuerySet[Event]:
     return Event.objects.filter(stream_type="upload", stream_id=upload.id).order_by("seq")
+
+
+def events_committed(events: QuerySet[Event]) -> QuerySet[Event]:
+    """Only the events below the safe horizon: every reader that pages or resumes by `seq` reads
+    through this, so an event that commits later (with a smaller transaction id than some still
+    running) is never skipped (uploads.events explains the order). On PostgreSQL the horizon is
+    the oldest running transaction's id (`pg_snapshot_xmin`); on SQLite (one writer) everything
+    committed is in order already."""
+    if connection.vendor != "postgresql":
+        return events
+    horizon = RawSQL("pg_snapshot_xmin(pg_current_snapshot())::text::bigint * %s", [SEQ_PER_TRANSACTION])
+    return events.filter(seq__lt=horizon)
 
 
 def upload_content(*, upload: Upload, start: int = 0, end: int | None = None) -> Iterator[bytes]:
