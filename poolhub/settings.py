@@ -362,6 +362,9 @@ POOLHUB_MAX_RESULT_BYTES = env_int("POOLHUB_MAX_RESULT_BYTES", 64 * 1024 * 1024)
 # Files larger than this go from the web page over the resumable path (tus where the server has it,
 # else the websocket transfer verbs) instead of one multipart POST.
 POOLHUB_WEB_LARGE_FILE_BYTES = env_int("POOLHUB_WEB_LARGE_FILE_BYTES", 8 * 1024 * 1024)
+# 0: the page sends them over the socket transfer verbs even where the tus endpoint exists
+# (say, behind a proxy that refuses PATCH).
+POOLHUB_WEB_TUS = env_bool("POOLHUB_WEB_TUS", True)
 # whitenoise also serves files the staticfiles finders find (poolhub/static), so the page works from
 # a checkout that never ran collectstatic (`make run`, the browser tests); collected files still win.
 WHITENOISE_USE_FINDERS = True
