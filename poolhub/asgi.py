@@ -13,11 +13,12 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
 from notifications.routing import websocket_urlpatterns  # noqa: E402
+from poolhub.logs import RequestContext  # noqa: E402
 from uploads.asgi import UploadBodyLimit  # noqa: E402
 
-application = ProtocolTypeRouter(
+application = RequestContext(ProtocolTypeRouter(  # request ids in logs and responses, open sockets counted
     {
         "http": UploadBodyLimit(django_asgi_app),  # 413 before an oversized upload body is read
         "websocket": AllowedHostsOriginValidator(URLRouter(websocket_urlpatterns)),
     }
-)
+))

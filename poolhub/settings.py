@@ -312,3 +312,16 @@ CACHES = {
         "KEY_PREFIX": "poolhub:cache",
     }
 }
+
+# --- ops: logs and metrics (docs/operations.md "Logs" and "Metrics") ---------------------------
+from poolhub.logs import logging_config  # noqa: E402
+
+# `json`: one JSON object per line (the image, compose and Kubernetes set it); `text` for a terminal.
+LOG_FORMAT = env_str("LOG_FORMAT", "text")
+if LOG_FORMAT not in ("json", "text"):
+    raise ImproperlyConfiguredEnv(f"LOG_FORMAT must be json or text, got {LOG_FORMAT!r}")
+LOGGING = logging_config(fmt=LOG_FORMAT, level=env_str("LOG_LEVEL", "INFO"))
+# GET /metrics answers these networks, or `Authorization: Bearer METRICS_TOKEN`; 404 to anyone else.
+METRICS_ALLOWED_CIDRS = env_list("METRICS_ALLOWED_CIDRS", ["127.0.0.0/8", "::1/128"])
+METRICS_TOKEN = env_optional("METRICS_TOKEN")
+MIDDLEWARE = ["poolhub.metrics.MetricsMiddleware", *MIDDLEWARE]
