@@ -18,7 +18,9 @@ from celery import signals  # noqa: E402
 
 from poolhub import logs, metrics  # noqa: E402
 
-signals.setup_logging.connect(logs.celery_setup_logging, weak=False)
+logs.logging_apply()
+logs.celery_say_as_json()
+signals.setup_logging.connect(logs.logging_apply, weak=False)
 signals.before_task_publish.connect(logs.celery_before_publish, weak=False)
 signals.task_prerun.connect(logs.celery_task_prerun, weak=False)
 signals.task_prerun.connect(metrics.celery_task_prerun, weak=False)
@@ -27,3 +29,4 @@ signals.task_postrun.connect(logs.celery_task_postrun, weak=False)
 signals.task_success.connect(metrics.celery_task_success, weak=False)
 signals.task_retry.connect(metrics.celery_task_retry, weak=False)
 signals.worker_process_shutdown.connect(metrics.celery_process_exit, weak=False)
+signals.worker_init.connect(metrics.worker_metrics_serve, weak=False)

@@ -148,13 +148,21 @@ def logging_config(*, fmt: str, level: str) -> dict[str, Any]:
 
 # --- Celery: the same configuration, and a context per task ----------------------------------
 
-def celery_setup_logging(loglevel: int | str | None = None, **kwargs: Any) -> None:
-    """Celery's `setup_logging` signal: use Django's LOGGING instead of Celery's own handlers."""
+def logging_apply(loglevel: int | str | None = None, **kwargs: Any) -> None:
+    """Configure logging now from LOG_FORMAT and LOG_LEVEL, Python warnings included.
+
+    `celery_app` calls it on import, so that even what the Celery command prints before Django or
+    Celery configure anything (the warning about running as root) is a JSON line; it reads the
+    environment, not settings, which must not load that early. Also Celery's `setup_logging`
+    signal receiver (then `loglevel` is its --loglevel): Celery leaves its own handlers out.
+    Django applies the same dict from settings.LOGGING when it starts.
+    """
     import logging.config
+    import os
 
-    from django.conf import settings
-
-    logging.config.dictConfig(settings.LOGGING)
+    logging.config.dictConfig(logging_config(fmt=os.environ.get("LOG_FORMAT") or "text",
+                                             level=os.environ.get("LOG_LEVEL") or "INFO"))
+    logging.captureWarnings(True)
     if loglevel:
         logging.getLogger().setLevel(loglevel)
 
@@ -252,3 +260,24 @@ def _with_request_id(send: Any, request_id: str) -> Any:
         await send(message)
 
     return wrapped
+
+
+def celery_say_as_json() -> None:
+    """The Celery worker prints a few lines from its signal handlers ("worker: Warm shutdown")
+    with `print`, outside logging (a handler must not take logging's locks). With LOG_FORMAT=json
+    those become JSON lines too, still written with a single `print`."""
+    import json
+    import os
+    import sys
+    from datetime import UTC, datetime
+
+    if os.environ.get("LOG_FORMAT") != "json":
+        return
+    import celery.apps.worker
+
+    def say(msg: str, f: Any = sys.__stderr__) -> None:
+        line = json.dumps({"level": "WARNING", "logger": "celery.apps.worker", "message": redact(str(msg)),
+                           "ts": datetime.now(UTC).isoformat()})
+        print(line, file=f, flush=True)
+
+    celery.apps.worker.safe_say = say  # type: ignore[attr-defined]

@@ -303,31 +303,29 @@ def metrics_text() -> bytes:
 
 # --- GET /metrics --------------------------------------------------------------------------------
 
-def _allowed_networks() -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
-    from django.conf import settings
-
-    return [ipaddress.ip_network(cidr, strict=False) for cidr in settings.METRICS_ALLOWED_CIDRS]
-
-
-def metrics_allowed(request: HttpRequest) -> bool:
+def _access_allowed(*, address: str, headers: Any, token: str | None, networks: list[str]) -> bool:
     """API.md "Operations": an address in METRICS_ALLOWED_CIDRS, or `Authorization: Bearer METRICS_TOKEN`.
 
     A request that came through a proxy (it carries X-Forwarded-For or Forwarded) never passes on
     its address: the proxy's own address may well be inside the allowed networks.
     """
-    from django.conf import settings
-
-    token = settings.METRICS_TOKEN
-    header = request.headers.get("Authorization", "")
+    header = headers.get("Authorization", "")
     if token and header.startswith("Bearer ") and hmac.compare_digest(header[7:].strip().encode(), token.encode()):
         return True
-    if "X-Forwarded-For" in request.headers or "Forwarded" in request.headers:
+    if "X-Forwarded-For" in headers or "Forwarded" in headers:
         return False
     try:
-        address = ipaddress.ip_address(request.META.get("REMOTE_ADDR", ""))
+        ip = ipaddress.ip_address(address)
     except ValueError:
         return False
-    return any(address in network for network in _allowed_networks())
+    return any(ip in ipaddress.ip_network(cidr, strict=False) for cidr in networks)
+
+
+def metrics_allowed(request: HttpRequest) -> bool:
+    from django.conf import settings
+
+    return _access_allowed(address=request.META.get("REMOTE_ADDR", ""), headers=request.headers,
+                           token=settings.METRICS_TOKEN, networks=settings.METRICS_ALLOWED_CIDRS)
 
 
 def metrics_view(request: HttpRequest) -> HttpResponse:
@@ -338,3 +336,44 @@ def metrics_view(request: HttpRequest) -> HttpResponse:
     if request.method not in ("GET", "HEAD") or not metrics_allowed(request):
         return json_not_found(request)
     return HttpResponse(metrics_text(), content_type=CONTENT_TYPE_LATEST)
+
+
+# --- the worker's own /metrics ------------------------------------------------------------------
+
+def worker_metrics_serve(sender: Any = None, **kwargs: Any) -> None:
+    """Celery's `worker_init` signal: with WORKER_METRICS_PORT set, the worker's main process serves
+    what its pool processes counted on that port (`GET /metrics`, the same access rule as web's).
+
+    Under `make run` web and worker share PROMETHEUS_MULTIPROC_DIR and web's /metrics has it all;
+    in containers each worker pod has its own directory, so Prometheus scrapes workers directly.
+    """
+    port = int(os.environ.get("WORKER_METRICS_PORT") or 0)
+    if not port:
+        return
+    import threading
+    from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+    class QuietHandler(WSGIRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:  # scrapes are not worth a log line each
+            pass
+
+    server = make_server("0.0.0.0", port, _worker_metrics_app, handler_class=QuietHandler)
+    threading.Thread(target=server.serve_forever, name="poolhub-metrics", daemon=True).start()
+    logger.info("worker metrics on port %s at /metrics", port)
+
+
+def _worker_metrics_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+    from django.conf import settings
+
+    headers = {key[5:].replace("_", "-").title(): value for key, value in environ.items() if key.startswith("HTTP_")}
+    allowed = _access_allowed(address=environ.get("REMOTE_ADDR", ""), headers=headers,
+                              token=settings.METRICS_TOKEN, networks=settings.METRICS_ALLOWED_CIDRS)
+    if environ.get("PATH_INFO") != "/metrics" or not allowed:
+        start_response("404 Not Found", [("Content-Type", "application/json")])
+        return [b'{"error": {"code": "not_found", "message": "no such endpoint", "details": {}}}']
+    registry = CollectorRegistry()
+    if MULTIPROC_DIR:
+        MultiProcessCollector(registry, path=MULTIPROC_DIR)
+    body = generate_latest(registry if MULTIPROC_DIR else REGISTRY)
+    start_response("200 OK", [("Content-Type", CONTENT_TYPE_LATEST)])
+    return [body]

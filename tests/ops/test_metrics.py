@@ -9,6 +9,7 @@ from django.test import override_settings
 from prometheus_client import REGISTRY
 
 from tests.conftest import error_code
+from tests.ops.scrape import series
 from tests.uploads.conftest import payload, post_upload
 from uploads.models import Upload, UploadStatus
 
@@ -23,16 +24,6 @@ def sample(name: str, **labels: str) -> float:
 
 def scrape(client: Any, **extra: Any) -> Any:
     return client.get("/metrics", **extra)
-
-
-def series(text: str) -> dict[str, float]:
-    """`name{labels}` -> value, for every sample line of the text format."""
-    values = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            key, _, value = line.rpartition(" ")
-            values[key] = float(value)
-    return values
 
 
 def test_loopback_reads_metrics_in_prometheus_format(client: Any) -> None:
