@@ -101,3 +101,22 @@ def test_a_refused_upload_counts_as_a_request_but_not_as_accepted(api: Any, pool
     assert sample("poolhub_uploads_accepted_total") == accepted
     assert sample("poolhub_http_requests_total", view="api/v1/pools/<uuid:pool_id>/uploads", method="POST",
                   status="400") >= 1
+
+
+def _worker_scrape(**environ: str) -> tuple[str, bytes]:
+    from poolhub.metrics import _worker_metrics_app
+
+    seen: list[str] = []
+    body = b"".join(_worker_metrics_app({"PATH_INFO": "/metrics", "REMOTE_ADDR": "127.0.0.1", **environ},
+                                        lambda status, headers: seen.append(status)))
+    return seen[0], body
+
+
+@override_settings(METRICS_TOKEN="metrics-token-for-tests")
+def test_the_worker_metrics_port_follows_the_same_rule() -> None:
+    assert _worker_scrape()[0] == "200 OK"
+    assert b"poolhub_uploads_stored_total" in _worker_scrape()[1]
+    assert _worker_scrape(REMOTE_ADDR=OUTSIDE)[0].startswith("404")
+    assert _worker_scrape(REMOTE_ADDR=OUTSIDE, HTTP_AUTHORIZATION="Bearer metrics-token-for-tests")[0] == "200 OK"
+    assert _worker_scrape(HTTP_X_FORWARDED_FOR=OUTSIDE)[0].startswith("404")
+    assert _worker_scrape(PATH_INFO="/other")[0].startswith("404")
