@@ -6,6 +6,7 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin import helpers
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
 from django.db import models
 from django.db.models import QuerySet
@@ -15,6 +16,7 @@ from django.urls import path, reverse
 
 from accounts import services
 from accounts.models import Membership, Pool, Role, User
+from poolhub.errors import ApiError
 
 
 @admin.register(User)
@@ -42,6 +44,12 @@ class BulkMembersForm(forms.Form):
         return sorted(set(raw))
 
 
+class ProvisionForm(forms.Form):
+    count = forms.IntegerField(min_value=1, max_value=1000, initial=10)
+    name_prefix = forms.CharField(max_length=100, initial="client-", label="Username prefix")
+    role = forms.ChoiceField(choices=Role.choices, initial=Role.CONTRIBUTOR)
+
+
 @admin.register(Pool)
 class PoolAdmin(admin.ModelAdmin):
     formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
@@ -49,6 +57,33 @@ class PoolAdmin(admin.ModelAdmin):
     search_fields = ["name"]
     inlines = [MembershipInline]
     readonly_fields = ["id", "created_at"]
+    actions = ["provision_members"]
+
+    @admin.action(description="Provision new member accounts (downloads their credentials as CSV)")
+    def provision_members(self, request: HttpRequest, queryset: QuerySet[Pool]) -> HttpResponse | None:
+        """The same service as the API: generated passwords, shown once in the CSV, never stored."""
+        if queryset.count() != 1:
+            messages.error(request, "Select exactly one pool to provision accounts in.")
+            return None
+        pool = queryset.get()
+        form = ProvisionForm(request.POST if "apply" in request.POST else None)
+        if form.is_valid():
+            try:
+                members = services.pool_members_provision(pool=pool, count=form.cleaned_data["count"],
+                                                          prefix=form.cleaned_data["name_prefix"],
+                                                          role=form.cleaned_data["role"])
+            except ApiError as exc:
+                messages.error(request, exc.message)
+                return None
+            response = HttpResponse(content_type="text/csv; charset=utf-8")
+            response["Content-Disposition"] = f'attachment; filename="{pool.name}-credentials.csv"'
+            response["Cache-Control"] = "no-store"
+            services.members_csv_write(response, members=members, pool=pool)
+            return response
+        context = {**self.admin_site.each_context(request), "form": form, "pool": pool, "opts": self.model._meta,
+                   "title": f"Provision accounts in {pool.name}",
+                   "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME}
+        return render(request, "admin/accounts/pool/provision.html", context)
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Pool]:
         from django.db.models import Count

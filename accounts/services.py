@@ -2,33 +2,46 @@
 
 from __future__ import annotations
 
+import base64
+import csv
+import json
+import re
 import secrets
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
+import redis
+from cryptography.fernet import Fernet
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from django.conf import settings
 from django.contrib.auth import authenticate
-from django.contrib.auth.hashers import PBKDF2PasswordHasher, get_hasher, make_password
 from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import IntegrityError, transaction
 from rest_framework_simplejwt.exceptions import TokenError
 from rest_framework_simplejwt.tokens import RefreshToken, Token
 
+from accounts.hashers import generated_secret, generated_secret_hash
 from accounts.models import Membership, Pool, Role, User
 from accounts.tokens import RefreshTokenSpent, access_token_deny, refresh_token_spend, token_pair_for
-from poolhub.errors import ApiError, BadRequest, Conflict, NotFound
+from poolhub.errors import ApiError, BadRequest, Conflict, NotFound, Unavailable
 
 
 def _invalid(field: str, message: str, code: str = "invalid") -> BadRequest:
     return BadRequest(f"{field}: {message}", code=code, details={"fields": {field: [message]}})
 
 
-def user_signup(*, username: str, password: str) -> User:
-    candidate = User(username=username)
+def _password_validate(password: str, *, user: User, field: str = "password") -> None:
     try:
-        validate_password(password, user=candidate)
+        validate_password(password, user=user)
     except DjangoValidationError as exc:
-        raise BadRequest("password: " + " ".join(exc.messages), code="weak_password",
-                         details={"fields": {"password": list(exc.messages)}}) from exc
+        raise BadRequest(f"{field}: " + " ".join(exc.messages), code="weak_password",
+                         details={"fields": {field: list(exc.messages)}}) from exc
+
+
+def user_signup(*, username: str, password: str) -> User:
+    _password_validate(password, user=User(username=username))
     taken = Conflict("username: this username is taken", code="username_taken",
                      details={"fields": {"username": ["this username is taken"]}})
     # "Alice" and "alice" would be two accounts a human cannot tell apart.
@@ -85,6 +98,19 @@ def user_logout(*, user: User, access: Token | dict[str, Any] | None, refresh: s
         from notifications.services import access_token_revoked  # live sockets on this token close now
 
         transaction.on_commit(lambda: access_token_revoked(user_id=user.id, jti=str(access["jti"])))
+
+
+def user_password_change(*, user: User, current_password: str, new_password: str,
+                         access: Token | dict[str, Any] | None, refresh: str | None) -> dict[str, str]:
+    """Check the current password, set the new one, revoke the session in hand and start a new one."""
+    if not user.check_password(current_password):
+        raise _invalid("current_password", "the current password is wrong")
+    _password_validate(new_password, user=user, field="new_password")
+    with transaction.atomic():
+        user.set_password(new_password)
+        user.save(update_fields=["password"])
+        user_logout(user=user, access=access, refresh=refresh)
+    return token_pair_for(user=user)
 
 
 def pool_create(*, data: dict[str, Any]) -> Pool:
@@ -157,24 +183,39 @@ def _membership_changed(*, pool: Pool, user_id: Any) -> None:
     transaction.on_commit(lambda: membership_changed(pool_id=pool.id, user_id=user_id))
 
 
-# Provisioned passwords are 144 random bits: no guessing attack gets anywhere whatever the hash
-# cost, so they are stored with a cheap PBKDF2 (thousands of accounts in seconds, not an hour).
-# Django re-hashes each one at full cost on its first login (the iteration count differs).
-_PROVISION_PBKDF2_ITERATIONS = 1000
+@dataclass(frozen=True)
+class ProvisionedMember:
+    username: str
+    password: str  # generated; shown once to whoever asked, never stored in clear or logged
+    role: str
 
 
-def _random_password_hash(password: str) -> str:
-    hasher = get_hasher()
-    if isinstance(hasher, PBKDF2PasswordHasher):
-        return str(hasher.encode(password, hasher.salt(), iterations=_PROVISION_PBKDF2_ITERATIONS))
-    return make_password(password)
+PROVISION_PREFIX = re.compile(r"^[\w.@+-]{1,100}\Z")
 
 
-def clients_provision(*, pool: Pool, count: int, prefix: str, role: Role | str) -> list[tuple[str, str]]:
-    """Create `count` client accounts with random passwords and add them to the pool."""
+def pool_members_provision(*, pool: Pool, count: int, prefix: str, role: Role | str) -> list[ProvisionedMember]:
+    """Create `count` accounts named `<prefix><n>` with generated passwords, members of `pool` with
+    `role`, in one transaction (all or none). Used by the API, the Django admin and the
+    `provision_clients` command. Passwords are hashed with accounts.hashers (why there)."""
+    limit = int(settings.POOLHUB_PROVISION_MAX)
+    if not 1 <= count <= limit:
+        raise _invalid("count", f"must be between 1 and {limit}")
+    if not PROVISION_PREFIX.match(prefix):
+        raise _invalid("prefix", "1 to 100 letters, digits or . @ + - _")
+    for _ in range(3):
+        try:
+            with transaction.atomic():
+                return _provision(pool=pool, count=count, prefix=prefix, role=str(role))
+        except IntegrityError:  # a concurrent provision or signup took one of the names: pick again
+            continue
+    raise Conflict("usernames with this prefix are being taken concurrently; try again")
+
+
+def _provision(*, pool: Pool, count: int, prefix: str, role: str) -> list[ProvisionedMember]:
+    # "Alice" and "alice" would be two accounts a human cannot tell apart (as at signup).
     taken = {name.lower() for name in
              User.objects.filter(username__istartswith=prefix).values_list("username", flat=True)}
-    credentials: list[tuple[str, str]] = []
+    members: list[ProvisionedMember] = []
     users: list[User] = []
     index = 0
     while len(users) < count:
@@ -182,14 +223,62 @@ def clients_provision(*, pool: Pool, count: int, prefix: str, role: Role | str) 
         username = f"{prefix}{index:05d}"
         if username.lower() in taken:
             continue
-        password = secrets.token_urlsafe(18)
-        users.append(User(username=username, password=_random_password_hash(password)))
-        credentials.append((username, password))
-    with transaction.atomic():
-        User.objects.bulk_create(users, batch_size=1000)
-        Membership.objects.bulk_create([Membership(pool=pool, user=user, role=role) for user in users],
-                                       batch_size=1000)
-    return credentials
+        password = generated_secret()
+        users.append(User(username=username, password=generated_secret_hash(password)))
+        members.append(ProvisionedMember(username=username, password=password, role=role))
+    User.objects.bulk_create(users, batch_size=500)
+    Membership.objects.bulk_create([Membership(pool=pool, user=user, role=role) for user in users], batch_size=500)
+    return members
+
+
+def pool_members_provision_once(*, pool: Pool, by: User, count: int, prefix: str, role: Role | str,
+                                idempotency_key: str | None) -> tuple[list[ProvisionedMember], bool]:
+    """`pool_members_provision`, once per `Idempotency-Key` (uploads.idempotency: the same key and
+    request returns the first response again and creates nothing; another request with it is 409).
+
+    The first response holds the passwords, and that mechanism keeps a response for 48 h; so it is
+    kept sealed (Fernet, from the well-kept `cryptography` package) under a key derived from
+    SECRET_KEY, the caller and the Idempotency-Key itself, which the server stores only hashed.
+    Whoever reads Redis learns nothing; the client that lost the response on a dropped connection
+    gets its credentials by retrying with its key. Returns the members and whether it is a replay.
+    """
+    if idempotency_key is None:
+        return pool_members_provision(pool=pool, count=count, prefix=prefix, role=role), False
+    from uploads.idempotency import Outcome, fingerprint_of, idempotent  # late: uploads imports accounts
+
+    fields = {"count": [str(count)], "prefix": [prefix], "role": [str(role)]}
+    request = fingerprint_of(endpoint="members.provision", pool_id=pool.id, fields=fields, files={})
+    sealer = _sealer(user_id=by.id, key=idempotency_key)
+
+    def run() -> Outcome:
+        members = pool_members_provision(pool=pool, count=count, prefix=prefix, role=role)
+        plain = json.dumps([[m.username, m.password, m.role] for m in members]).encode()
+        return Outcome(request, 201, {"sealed": sealer.encrypt(plain).decode()})
+
+    try:
+        outcome, replayed = idempotent(user_id=by.id, key=idempotency_key, run=run, fingerprint=lambda: request)
+    except redis.RedisError as exc:
+        raise Unavailable("the idempotency store is unavailable; try again shortly") from exc
+    rows = json.loads(sealer.decrypt(str(outcome.body["sealed"]).encode()))
+    return [ProvisionedMember(username=u, password=p, role=r) for u, p, r in rows], replayed
+
+
+def _sealer(*, user_id: Any, key: str) -> Fernet:
+    derived = HKDF(algorithm=hashes.SHA256(), length=32, salt=str(user_id).encode(),
+                   info=b"poolhub provision replay " + key.encode()).derive(settings.SECRET_KEY.encode())
+    return Fernet(base64.urlsafe_b64encode(derived))
+
+
+class TextSink(Protocol):
+    def write(self, text: str, /) -> Any: ...
+
+
+def members_csv_write(handle: TextSink, *, members: list[ProvisionedMember], pool: Pool) -> None:
+    """Provisioned credentials as CSV (username, password, pool, role), for a file or a download."""
+    writer = csv.writer(handle)
+    writer.writerow(["username", "password", "pool", "role"])
+    for member in members:
+        writer.writerow([member.username, member.password, str(pool.id), member.role])
 
 
 def admin_ensure(*, username: str, password: str | None) -> tuple[User, str | None]:

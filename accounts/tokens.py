@@ -11,7 +11,7 @@ from rest_framework_simplejwt.tokens import RefreshToken, Token
 from rest_framework_simplejwt.utils import datetime_from_epoch
 
 from accounts.models import User
-from poolhub.redis import redis_client
+from poolhub.redis import async_redis_client, redis_client
 
 _DENYLIST_PREFIX = "poolhub:jwt:denied:"
 
@@ -52,3 +52,8 @@ def access_token_deny(*, token: Token | dict[str, Any]) -> None:
 
 def access_token_is_denied(*, jti: str) -> bool:
     return bool(redis_client().exists(_DENYLIST_PREFIX + jti))
+
+
+async def access_token_is_denied_async(*, jti: str) -> bool:
+    """The same check from an event loop, without a thread (the socket gateway runs it per frame)."""
+    return bool(await async_redis_client().exists(_DENYLIST_PREFIX + jti))

@@ -13,6 +13,7 @@ class GroupStatus(models.TextChoices):
     CLOSED = "closed"
     EXPORTING = "exporting"
     COMPLETED = "completed"
+    SKIPPED = "skipped"  # closed by time with too few contributors (Pool.short_round_policy)
 
 
 class Group(models.Model):
@@ -91,6 +92,7 @@ class WebhookDelivery(models.Model):
         PENDING = "pending"
         DELIVERED = "delivered"
         FAILED = "failed"
+        SENDING = "sending"  # claimed by one try (webhooks.CLAIM_SECONDS); back to pending if it fails
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     pool = models.ForeignKey("accounts.Pool", on_delete=models.CASCADE, related_name="webhook_deliveries")

@@ -8,6 +8,7 @@ from uuid import UUID
 
 from django.db.models import Count, QuerySet, Sum, Value
 from django.db.models.functions import Coalesce
+from django.urls import reverse
 
 from accounts.models import Pool, Role, User
 from accounts.selectors import pool_access
@@ -16,8 +17,20 @@ from poolhub.errors import NotFound
 from uploads.models import Upload, UploadStatus
 
 
+def result_content_path(*, result_id: UUID | str) -> str:
+    """The API path a result's bytes are downloaded from (from the URL conf, not spelled out)."""
+    return reverse("result-content", kwargs={"result_id": result_id})
+
+
+def group_paths(*, group_id: UUID | str) -> dict[str, str]:
+    """The API paths of a group and of its claim, for webhooks and clients that follow links."""
+    return {"group_url": reverse("group-detail", kwargs={"group_id": group_id}),
+            "claim_url": reverse("group-claim", kwargs={"group_id": group_id})}
+
+
 def with_stats(groups: QuerySet[Group]) -> QuerySet[Group]:
-    return groups.annotate(upload_count=Count("uploads"), bytes=Coalesce(Sum("uploads__size"), Value(0)))
+    return groups.annotate(upload_count=Count("uploads"), bytes=Coalesce(Sum("uploads__size"), Value(0)),
+                           contributor_count=Count("uploads__uploader", distinct=True))
 
 
 def group_get_for(*, user: User, group_id: UUID | str, roles: Iterable[Role] | None = None) -> Group:
@@ -70,7 +83,8 @@ def group_manifest(*, group: Group) -> list[dict[str, Any]]:
 
 def group_failed_uploads(*, group: Group) -> list[str]:
     return [str(upload_id) for upload_id in
-            Upload.objects.filter(group=group, status=UploadStatus.FAILED).values_list("id", flat=True)]
+            Upload.objects.filter(group=group, status=UploadStatus.FAILED).order_by("timestamp", "id")
+            .values_list("id", flat=True)]
 
 
 def result_latest(*, pool: Pool) -> Result:

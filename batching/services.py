@@ -8,6 +8,7 @@ never append at the same version.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 from datetime import datetime, timedelta
@@ -18,12 +19,13 @@ from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from accounts.models import LatePolicy, Pool, User
-from batching import filestore, webhooks
-from batching.filestore import StoredBytes
+from batching import webhooks
 from batching.models import Group, GroupStatus, Lease, LeaseEnd, Result
-from batching.selectors import group_lineage, group_upload_counts
+from batching.selectors import group_lineage, group_upload_counts, result_content_path
 from batching.windows import window_bounds
-from poolhub.errors import BadRequest, Conflict, Forbidden
+from poolhub.errors import BadRequest, Conflict, Forbidden, Unavailable
+from poolhub.filestore import Bucket, FileStoreError, StoredFile, file_delete, file_write, io_chunks
+from uploads.checks import timestamp_age_check
 from uploads.events import _EVENT_LOG_LOCK as EVENT_LOG_LOCK
 from uploads.events import event_append
 
@@ -122,6 +124,7 @@ def group_for_upload(*, pool: Pool, timestamp: datetime) -> Group:
     group it joins, so every move is in the log. The chosen group stays locked against a claim
     until the upload's transaction ends, so an upload never slips into a group being exported.
     """
+    timestamp_age_check(timestamp=timestamp, pool=pool)  # every way in: REST, batch, socket, tus
     with transaction.atomic():
         _event_log_lock()
         now = _now()
@@ -303,19 +306,17 @@ def lease_check(*, group: Group, lease_id: UUID, user: User, is_admin: bool, now
 
 # --- results ------------------------------------------------------------------------------------
 
-def _hash_only(source: IO[bytes]) -> StoredBytes:
-    digest, size = hashlib.sha256(), 0
+def _hash_only(source: IO[bytes]) -> str:
+    digest = hashlib.sha256()
     while chunk := source.read(_HASH_CHUNK):
         digest.update(chunk)
-        size += len(chunk)
-    return StoredBytes(file_id="", size=size, sha256=digest.hexdigest())
+    return digest.hexdigest()
 
 
 def _same_result(*, lease: Lease, source: IO[bytes]) -> Result:
     """The result already posted under this lease, if `source` holds the same bytes."""
     existing = Result.objects.get(lease=lease)
-    posted = _hash_only(source)
-    if posted.sha256 != existing.sha256:
+    if _hash_only(source) != existing.sha256:
         raise Conflict("a different result was already posted under this lease",
                        details={"result_id": str(existing.id), "sha256": existing.sha256})
     return existing
@@ -332,9 +333,13 @@ def result_post(*, group: Group, lease_id: UUID, user: User, is_admin: bool, sou
     if lease.end_reason == LeaseEnd.COMPLETED:
         return _same_result(lease=lease, source=source), False
     result_id = uuid4()
-    stored = filestore.result_write(result_id=result_id, source=source, filename=filename)
     try:
-        if stored.size == 0:
+        stored = file_write(bucket=Bucket.RESULTS, file_id=result_id, filename=filename or "result.bin",
+                            chunks=io_chunks(source), metadata={"pool": str(group.pool_id), "group": str(group.id)})
+    except FileStoreError as exc:
+        raise Unavailable("the file store is unavailable; post the result again") from exc
+    try:
+        if stored.length == 0:
             raise BadRequest("the file has no bytes", code="empty_file", details={"field": "file"})
         if sha256 is not None and sha256 != stored.sha256:
             raise BadRequest("the file's sha256 does not match", code="checksum_mismatch",
@@ -342,11 +347,17 @@ def result_post(*, group: Group, lease_id: UUID, user: User, is_admin: bool, sou
         return _result_commit(group_id=group.id, lease_id=lease.id, result_id=result_id, stored=stored,
                               user=user, is_admin=is_admin, filename=filename, content_type=content_type)
     except BaseException:
-        filestore.result_delete(result_id=result_id)
+        _result_file_delete(result_id=result_id)
         raise
 
 
-def _result_commit(*, group_id: UUID, lease_id: UUID, result_id: UUID, stored: StoredBytes, user: User,
+def _result_file_delete(*, result_id: UUID) -> None:
+    # The store is down: an orphan result file is harmless (no row points at it).
+    with contextlib.suppress(FileStoreError):
+        file_delete(bucket=Bucket.RESULTS, file_id=result_id)
+
+
+def _result_commit(*, group_id: UUID, lease_id: UUID, result_id: UUID, stored: StoredFile, user: User,
                    is_admin: bool, filename: str, content_type: str) -> tuple[Result, bool]:
     with transaction.atomic():
         group = _locked(group_id)
@@ -356,24 +367,20 @@ def _result_commit(*, group_id: UUID, lease_id: UUID, result_id: UUID, stored: S
             if existing.sha256 != stored.sha256:
                 raise Conflict("a different result was already posted under this lease",
                                details={"result_id": str(existing.id), "sha256": existing.sha256})
-            transaction.on_commit(lambda: filestore.result_delete(result_id=result_id))
+            transaction.on_commit(lambda: _result_file_delete(result_id=result_id))
             return existing, False
         result = Result.objects.create(
             id=result_id, pool_id=group.pool_id, group=group, lease=lease, filename=filename[:255] or "result.bin",
-            size=stored.size, sha256=stored.sha256, content_type=content_type[:100] or "application/octet-stream",
+            size=stored.length, sha256=stored.sha256, content_type=content_type[:100] or "application/octet-stream",
             upload_ids=[str(upload_id) for upload_id in group_lineage(group=group)],
         )
         _lease_end(group=group, lease=lease, reason=LeaseEnd.COMPLETED, now=_now())
         group.status = GroupStatus.COMPLETED
         _append(group, "result.available", {
             "group": str(group.id), "result_id": str(result.id), "size": result.size, "sha256": result.sha256,
-            "url": result_url(result_id=result.id),
+            "url": result_content_path(result_id=result.id),
         })
     return result, True
-
-
-def result_url(*, result_id: UUID) -> str:
-    return f"/api/v1/results/{result_id}/content"
 
 
 # --- admin actions ------------------------------------------------------------------------------

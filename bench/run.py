@@ -209,11 +209,10 @@ class Bench:
         """(database, uploads bucket name, GridFS chunk size) of the file store poolhub writes to."""
         import pymongo
 
-        from poolhub.filestore import GRIDFS_CHUNK_BYTES
-        from uploads.storage import UPLOADS_BUCKET
+        from poolhub.filestore import GRIDFS_CHUNK_BYTES, Bucket
 
         client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(os.environ["MONGO_URL"])
-        return client[self._mongo_db()], UPLOADS_BUCKET, int(GRIDFS_CHUNK_BYTES)
+        return client[self._mongo_db()], str(Bucket.UPLOADS), int(GRIDFS_CHUNK_BYTES)
 
     def filestore_size(self) -> tuple[int, float]:
         """Files and MB in the uploads bucket now."""

@@ -4,6 +4,11 @@ One consumer per socket. It authenticates (a first `connect` frame, or `bearer.<
 in `Sec-WebSocket-Protocol`), joins the channel-layer groups of its user (the user's own, the
 admins', one per pool), answers the verbs and forwards pushes. Frames are handled one at a
 time, in arrival order, pushes included.
+
+The per-socket paths stay on the event loop: a push is one send of text encoded once by the
+publisher, the per-frame logout check is one async Redis call, and `connect` makes one thread
+hop (token, user and pools together). Only verbs that need the database or the staging writer
+run in a thread.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from asgiref.sync import sync_to_async
+from channels.consumer import get_handler_name
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 from django.db import close_old_connections
@@ -27,8 +33,7 @@ from rest_framework.exceptions import APIException
 from accounts.models import User
 from notifications import gateway, transfers
 from notifications.selectors import ADMINS_GROUP, pool_group, user_group
-from poolhub.errors import ApiError, BadRequest
-from poolhub.errors import _describe as describe_error
+from poolhub.errors import ApiError, BadRequest, describe_error
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -59,24 +64,38 @@ Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any] | None]]
 
 
 def _auth_seconds() -> float:
-    return float(getattr(settings, "POOLHUB_WS_AUTH_SECONDS", 10))
+    return float(settings.POOLHUB_WS_AUTH_SECONDS)
 
 
 def _resync_seconds() -> float:
-    """Group memberships in channels-redis expire (`group_expiry`): re-join well before that."""
-    layer: dict[str, Any] = settings.CHANNEL_LAYERS["default"]
-    config: dict[str, Any] = layer.get("CONFIG") or {}
-    expiry = float(config.get("group_expiry", 86400))
-    return float(getattr(settings, "POOLHUB_WS_RESYNC_SECONDS", min(600, expiry / 4)))
+    """How often an open socket re-reads its pools on `alive` (pools joined since it connected)."""
+    return float(settings.POOLHUB_WS_RESYNC_SECONDS)
 
 
 class GatewayConsumer(AsyncJsonWebsocketConsumer):
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        self.joined: set[str] = set()  # the groups this socket is in, kept exact at every await
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            # However the socket ended (even without a disconnect message), it leaves its groups.
+            await self._leave_groups()
+
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        """Channels' dispatch without its hop to the sync thread before every message (to close
+        stale database connections): that hop ran once per push per socket and queued every
+        socket of the process behind one thread. This consumer uses the database only inside
+        `in_thread`, which releases the connection itself."""
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"no handler for message type {message['type']}")
+        await handler(message)
+
     async def connect(self) -> None:
         self.user: User | None = None
         self.jti: str | None = None
         self.is_admin = False
         self.pools: set[str] = set()
-        self.joined: set[str] = set()
         self.synced_at = 0.0
         self.delivered: set[int] = set()
         self.delivered_order: deque[int] = deque()
@@ -95,9 +114,15 @@ class GatewayConsumer(AsyncJsonWebsocketConsumer):
         self.closed = True
         if self.timer is not None:
             self.timer.cancel()
-        for group in list(self.joined):
-            await self.channel_layer.group_discard(group, self.channel_name)
-        self.joined.clear()
+        await self._leave_groups()
+
+    async def _leave_groups(self) -> None:
+        groups, self.joined = self.joined, set()
+        for group in groups:
+            try:
+                await self.channel_layer.group_discard(group, self.channel_name)
+            except Exception as exc:  # only the Redis unsubscribe can fail; the membership is gone
+                logger.warning("socket left %s, but unsubscribing failed: %s", group, exc)
 
     # --- frames from the client ------------------------------------------------------------
 
@@ -120,10 +145,10 @@ class GatewayConsumer(AsyncJsonWebsocketConsumer):
             await self._refuse("not_authenticated", "authenticate first: send a `connect` frame with your access token",
                                request_id=request_id)
             return
-        if self.user is not None and content.get("type") != "connect" and await self._token_revoked():
-            await self._refuse("token_revoked", "this access token was logged out", request_id=request_id)
-            return
         try:
+            if self.user is not None and content.get("type") != "connect" and await self._token_revoked():
+                await self._refuse("token_revoked", "this access token was logged out", request_id=request_id)
+                return
             reply = await handler(content)
         except APIException as exc:
             code, message, details = describe_error(exc)
@@ -154,6 +179,10 @@ class GatewayConsumer(AsyncJsonWebsocketConsumer):
         token = content.get("access_token")
         if not isinstance(token, str) or not token:
             raise BadRequest("access_token: required", code="not_authenticated")
+        if self.user is None and self.timer is not None:
+            # Credentials arrived in time; however long the server takes to check them (a
+            # thousand devices reconnecting at once), the deadline no longer applies.
+            self.timer.cancel()
         await self._authenticate(token=token, request_id=content.get("request_id"))
         return None  # _authenticate replied
 
@@ -204,7 +233,7 @@ class GatewayConsumer(AsyncJsonWebsocketConsumer):
 
     async def _authenticate(self, *, token: str, request_id: Any) -> None:
         try:
-            user, claims = await in_thread(gateway.socket_authenticate)(token=token)
+            user, claims, pools = await in_thread(gateway.socket_open)(token=token)
         except ApiError as exc:
             await self._refuse(exc.code, exc.message, request_id=request_id)
             return
@@ -212,14 +241,14 @@ class GatewayConsumer(AsyncJsonWebsocketConsumer):
             raise BadRequest("this socket belongs to another user; open a new socket", code="forbidden")
         self.user, self.jti, self.is_admin = user, str(claims["jti"]), bool(user.is_poolhub_admin)
         self._set_timer(self._expire_at(float(claims["exp"])))
-        await self._sync_groups()
+        await self._join_groups(pools)
         reply: dict[str, Any] = {"type": "connected", "user": gateway.user_json(user)}
         if request_id is not None:
             reply["request_id"] = request_id
         await self.send_json(reply)
 
     async def _token_revoked(self) -> bool:
-        return bool(self.jti) and await in_thread(gateway.jti_is_denied)(jti=self.jti)
+        return bool(self.jti) and await gateway.jti_is_denied_async(jti=str(self.jti))
 
     def _set_timer(self, coroutine: Awaitable[None]) -> None:
         if self.timer is not None:
@@ -249,24 +278,28 @@ class GatewayConsumer(AsyncJsonWebsocketConsumer):
     # --- groups and pushes ------------------------------------------------------------------
 
     async def _sync_groups(self) -> None:
-        """Join the user's groups (again: joining refreshes their expiry), leave pools they left."""
+        """Re-read the user's pools: join new ones, leave pools they left."""
+        await self._join_groups(await in_thread(gateway.user_pool_ids)(user=self._user()))
+
+    async def _join_groups(self, pools: set[str]) -> None:
         user = self._user()
-        self.pools = await in_thread(gateway.user_pool_ids)(user=user)
-        wanted = {user_group(user.pk), *(pool_group(p) for p in self.pools)}
+        self.pools = pools
+        wanted = {user_group(user.pk), *(pool_group(p) for p in pools)}
         if self.is_admin:
             wanted.add(ADMINS_GROUP)
         for group in self.joined - wanted:
+            self.joined.discard(group)
             await self.channel_layer.group_discard(group, self.channel_name)
-        for group in wanted:
+        for group in wanted - self.joined:
+            self.joined.add(group)
             await self.channel_layer.group_add(group, self.channel_name)
-        self.joined = wanted
         self.synced_at = time.monotonic()
 
     async def notify(self, message: dict[str, Any]) -> None:
         pool = message.get("pool")
         if self.user is None or (pool is not None and pool not in self.pools):
             return  # a push for a pool this socket has just left
-        await self._deliver(message["frame"], replay=False)
+        await self._deliver(message["frame"], replay=False, text=message.get("text"))
 
     async def membership_changed(self, message: dict[str, Any]) -> None:
         if self.user is not None:
@@ -276,13 +309,14 @@ class GatewayConsumer(AsyncJsonWebsocketConsumer):
         if self.user is not None and message.get("jti") in (None, self.jti):
             await self._refuse("token_revoked", "this access token was logged out", request_id=None)
 
-    async def _deliver(self, frame: dict[str, Any], *, replay: bool) -> None:
+    async def _deliver(self, frame: dict[str, Any], *, replay: bool, text: str | None = None) -> None:
+        """Send a notification once per socket; `text` is the frame already encoded by the publisher."""
         seq = int(frame["seq"])
         if seq in self.delivered and not replay:
             return  # already sent by a replay, or pushed to two of this socket's groups
         if self.closed:
             return
-        await self.send_json(frame)
+        await self.send(text_data=text or json.dumps(frame))
         if seq not in self.delivered:
             self.delivered.add(seq)
             self.delivered_order.append(seq)

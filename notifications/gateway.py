@@ -1,7 +1,7 @@
-"""Synchronous work behind the websocket verbs: authentication, history, resume.
+"""The work behind the websocket verbs: authentication, history, resume.
 
-The consumer runs these in a worker thread (`database_sync_to_async`); they raise `ApiError`s
-with the contract's codes, exactly like the REST views.
+The consumer runs the synchronous functions in a worker thread (one hop per verb, never one per
+step); they raise `ApiError`s with the contract's codes, exactly like the REST views.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from rest_framework_simplejwt.tokens import AccessToken
 from accounts.api.serializers import UserOutput
 from accounts.models import User
 from accounts.selectors import pool_access, pool_roles_for_user, user_is_admin
-from accounts.tokens import access_token_is_denied
+from accounts.tokens import access_token_is_denied, access_token_is_denied_async
 from notifications.selectors import notification_events, notifications_for
 from poolhub.errors import ApiError, Unavailable
 from uploads.api.serializers import UploadOutput
@@ -38,6 +38,14 @@ def jti_is_denied(*, jti: str) -> bool:
         raise Unavailable("the token store is unavailable") from exc
 
 
+async def jti_is_denied_async(*, jti: str) -> bool:
+    """`jti_is_denied` on the event loop: the per-frame check costs one Redis round trip, no thread."""
+    try:
+        return await access_token_is_denied_async(jti=jti)
+    except redis.RedisError as exc:
+        raise Unavailable("the token store is unavailable") from exc
+
+
 def socket_authenticate(*, token: str) -> tuple[User, dict[str, Any]]:
     """The user behind an access token, and the claims the socket needs (`jti`, `exp`).
 
@@ -54,6 +62,12 @@ def socket_authenticate(*, token: str) -> tuple[User, dict[str, Any]]:
     if user is None:
         raise _unauthorized("invalid_token", "the access token's user no longer exists")
     return user, {"jti": str(access["jti"]), "exp": int(access["exp"])}
+
+
+def socket_open(*, token: str) -> tuple[User, dict[str, Any], set[str]]:
+    """Authenticate a socket and read the user's pools in one go (one thread hop per `connect`)."""
+    user, claims = socket_authenticate(token=token)
+    return user, claims, user_pool_ids(user=user)
 
 
 def user_json(user: User) -> dict[str, Any]:

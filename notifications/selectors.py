@@ -14,6 +14,7 @@ from uuid import UUID
 
 from django.db.models import Q, QuerySet
 
+from batching.selectors import result_content_path
 from uploads.models import Event
 
 UPLOAD_PREFIX = "upload."
@@ -77,7 +78,7 @@ def notification_for_event(*, event: Event) -> dict[str, Any] | None:
         return {"type": "result.available", "seq": event.seq, "pool": _str(event.pool_id),
                 "group": _str(data.get("group")), "result_id": result_id, "size": data.get("size"),
                 "sha256": data.get("sha256"),
-                "url": data.get("url") or (f"/api/v1/results/{result_id}/content" if result_id else None)}
+                "url": data.get("url") or (result_content_path(result_id=result_id) if result_id else None)}
     return None
 
 

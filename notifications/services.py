@@ -8,6 +8,7 @@ and `resume` replays it.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import threading
@@ -63,13 +64,15 @@ def _group_send(group: str, message: dict[str, Any]) -> None:
 @observe_publish  # counts uploads, groups and results by event type; times the fan-out
 def event_publish(*, event: Event) -> None:
     """Push a committed event to the sockets that should see it: one group_send per audience
-    group (the uploader's, the admins', or the pool's), never one per member."""
+    group (the uploader's, the admins', or the pool's), never one per member. The frame's text
+    is encoded here, once, not once per socket."""
     frame = notification_for_event(event=event)
     if frame is None:
         return
     audience = notification_audience(event=event)
+    message = {"type": "notify", "frame": frame, "text": json.dumps(frame), "pool": audience.pool_id}
     for group in audience.groups():
-        _group_send(group, {"type": "notify", "frame": frame, "pool": audience.pool_id})
+        _group_send(group, message)
 
 
 def membership_changed(*, pool_id: object, user_id: object) -> None:

@@ -23,12 +23,11 @@ from typing import Any
 import redis
 from django.conf import settings
 
-from accounts.models import Pool, User
+from accounts.models import WRITER_ROLES, Pool, User
 from accounts.selectors import pool_access
 from poolhub.errors import ApiError, BadRequest, Conflict, NotFound, Unavailable
 from poolhub.redis import redis_client
 from uploads.api.serializers import UploadOutput
-from uploads.api.views import WRITERS
 from uploads.checks import (
     FileTooLarge,
     checksum_check,
@@ -48,11 +47,11 @@ Writers = MutableMapping[str, StagingWriter]
 
 def chunk_bytes() -> int:
     """The largest decoded chunk a `write-chunk` may carry (base64 adds a third on the wire)."""
-    return int(getattr(settings, "POOLHUB_WS_CHUNK_BYTES", 512 * 1024))
+    return int(settings.POOLHUB_WS_CHUNK_BYTES)
 
 
 def transfer_ttl() -> int:
-    return int(getattr(settings, "POOLHUB_WS_TRANSFER_TTL_SECONDS", 3600))
+    return int(settings.POOLHUB_WS_TRANSFER_TTL_SECONDS)
 
 
 def _state_key(transfer_id: str) -> str:
@@ -85,7 +84,7 @@ def _int_field(frame: dict[str, Any], name: str) -> int:
 
 
 def max_open() -> int:
-    return int(getattr(settings, "POOLHUB_WS_MAX_OPEN_TRANSFERS", 32))
+    return int(settings.POOLHUB_WS_MAX_OPEN_TRANSFERS)
 
 
 def _user_key(user_id: Any) -> str:
@@ -112,7 +111,7 @@ def _open_count(client: redis.Redis, user_id: Any) -> int:
 
 def transfer_start(*, user: User, frame: dict[str, Any]) -> dict[str, Any]:
     """Check what can be checked before any byte arrives, then open the transfer."""
-    pool = pool_access(user=user, pool_id=str(_field(frame, "pool")), roles=WRITERS)
+    pool = pool_access(user=user, pool_id=str(_field(frame, "pool")), roles=WRITER_ROLES)
     size = _int_field(frame, "size")
     if size == 0:
         raise BadRequest("the file has no bytes", code="empty_file", details={"field": "size"})
@@ -271,7 +270,7 @@ def transfer_complete(*, user: User, frame: dict[str, Any], writers: Writers) ->
                              details={"transfer_id": transfer_id, "offset": writer.size, "size": size})
         try:
             # Membership may have changed since the start: check again, as the REST upload would.
-            pool = pool_access(user=user, pool_id=state["pool"], roles=WRITERS)
+            pool = pool_access(user=user, pool_id=state["pool"], roles=WRITER_ROLES)
             staged = writer.finish()
             checksum_check(declared=state["sha256"] or None, actual=staged.sha256)
             upload = upload_accept(pool=pool, uploader=user, staged=staged,

@@ -14,11 +14,11 @@ from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E40
 
 from notifications.routing import websocket_urlpatterns  # noqa: E402
 from poolhub.logs import RequestContext  # noqa: E402
-from uploads.asgi import UploadBodyLimit  # noqa: E402
+from uploads.asgi import BodyLimit  # noqa: E402
 
 application = RequestContext(ProtocolTypeRouter(  # request ids in logs and responses, open sockets counted
     {
-        "http": UploadBodyLimit(django_asgi_app),  # 413 before an oversized upload body is read
+        "http": BodyLimit(django_asgi_app),  # 413 before any oversized body is read, on every endpoint
         "websocket": AllowedHostsOriginValidator(URLRouter(websocket_urlpatterns)),
     }
 ))

@@ -100,7 +100,7 @@ def _first_message(detail: Any) -> str:
     return str(detail)
 
 
-def _describe(exc: exceptions.APIException) -> tuple[str, str, dict[str, Any]]:
+def describe_error(exc: exceptions.APIException) -> tuple[str, str, dict[str, Any]]:
     if isinstance(exc, ApiError):
         return exc.code, exc.message, exc.details
     if isinstance(exc, exceptions.ValidationError):
@@ -122,10 +122,6 @@ def _describe(exc: exceptions.APIException) -> tuple[str, str, dict[str, Any]]:
     return code, str(message), {}
 
 
-# The public name: the websocket consumer renders errors with the same codes and messages.
-describe_error = _describe
-
-
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     if isinstance(exc, Http404):
         exc = NotFound()
@@ -136,7 +132,7 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
     response = exception_handler(exc, context)
     if response is None or not isinstance(exc, exceptions.APIException):
         return response
-    code, message, details = _describe(exc)
+    code, message, details = describe_error(exc)
     fields = details.get("fields")
     if isinstance(fields, dict) and fields and "field" not in details:
         # Every field error names its (first) field the same way: details.field.

@@ -9,6 +9,7 @@ from django.db import connection
 from django.http import HttpRequest, JsonResponse
 from kombu import Connection
 
+from poolhub.errors import error_body
 from poolhub.filestore import mongo_client
 from poolhub.redis import redis_client
 
@@ -53,8 +54,7 @@ def readyz(request: HttpRequest) -> JsonResponse:
             results[name] = f"error: {type(exc).__name__}"
     failing = [name for name, state in results.items() if state != "ok"]
     if failing:
-        body = {"error": {"code": "unavailable", "message": f"not ready: {', '.join(failing)}",
-                          "details": {"checks": results}}}
+        body = error_body("unavailable", f"not ready: {', '.join(failing)}", {"checks": results})
         response = JsonResponse(body, status=503)
         response["Retry-After"] = "5"
         return response

@@ -3,12 +3,19 @@
 Starts, in order: the embedded Redis and SecantusDB file store (only when REDIS_URL / MONGO_URL
 are unset), migrations, the admin account, then the ASGI server, a Celery worker and Celery
 beat. Ctrl-C or SIGTERM stops every child; children also die with this process (PDEATHSIG).
+
+Every child runs in its own session: a Ctrl-C in the terminal reaches this launcher only, which
+then stops each child once, with SIGTERM, whatever it is doing (a child that is still importing
+or starting would otherwise print a KeyboardInterrupt or SystemExit traceback). The embedded
+Redis and file store are watched like the other children: if any of them dies, the launcher says
+so and stops the rest cleanly (a service manager restarts the whole stack).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -18,7 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 
-from poolhub.embedded import EmbeddedService, die_with_parent, start_filestore, start_redis
+from poolhub.embedded import EmbeddedService, private_child, private_dir, start_filestore, start_redis
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -31,6 +38,18 @@ def log(message: str) -> None:
         print(f"[poolhub] {message}", flush=True)
 
 
+def ensure_local_secret_key(var_dir: Path) -> Path:
+    """The per-checkout SECRET_KEY under var/ (mode 0600, never in the repo) that settings read when
+    SECRET_KEY is unset, so web, worker and beat share it and tokens outlive a restart."""
+    path = var_dir / "secret_key"
+    if not path.exists():
+        var_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as key_file:
+            key_file.write(secrets.token_urlsafe(50))
+    return path
+
+
 class Stack:
     def __init__(self) -> None:
         self.env = dict(os.environ)
@@ -41,7 +60,7 @@ class Stack:
         self.stopping = False
 
     def start_embedded(self) -> None:
-        self.var_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.var_dir)
         if not self.env.get("REDIS_URL"):
             redis = start_redis(self.var_dir)
             self.embedded.append(redis)
@@ -60,12 +79,31 @@ class Stack:
             log("file store: MONGO_URL from the environment")
 
     def manage(self, *args: str) -> None:
+        # On Ctrl-C, run() kills the command (SIGKILL: no traceback) as it unwinds.
         subprocess.run([sys.executable, "manage.py", *args], cwd=BASE_DIR, env=self.env, check=True,
-                       preexec_fn=die_with_parent)
+                       preexec_fn=private_child, start_new_session=True)
 
     def spawn(self, name: str, args: list[str]) -> None:
-        self.children[name] = subprocess.Popen(args, cwd=BASE_DIR, env=self.env, preexec_fn=die_with_parent,
-                                               stdin=subprocess.DEVNULL)
+        self.children[name] = subprocess.Popen(args, cwd=BASE_DIR, env=self.env, preexec_fn=private_child,
+                                               stdin=subprocess.DEVNULL, start_new_session=True)
+
+    def web_proxy_args(self) -> list[str]:
+        """X-Forwarded-For and -Proto are believed only from the proxies the operator names in
+        FORWARDED_ALLOW_IPS (uvicorn's own variable, as in the image). Unset, uvicorn would trust
+        127.0.0.1, which on this machine is anyone local: no proxy headers at all then."""
+        proxies = self.env.get("FORWARDED_ALLOW_IPS", "").strip()
+        if not proxies:
+            return ["--no-proxy-headers"]
+        return ["--proxy-headers", "--forwarded-allow-ips", proxies]
+
+    def dead_child(self) -> str | None:
+        for name, child in self.children.items():
+            if child.poll() is not None:
+                return f"{name} exited with code {child.returncode}"
+        for service in self.embedded:
+            if service.process.poll() is not None:
+                return f"the embedded {service.label} exited with code {service.process.returncode}"
+        return None
 
     def metrics_dir(self) -> None:
         """Every web and worker process writes its metrics here (prometheus_client's multiprocess
@@ -83,7 +121,7 @@ class Stack:
         bin_dir = Path(sys.executable).parent
         self.spawn("web", [str(bin_dir / "uvicorn"), "poolhub.asgi:application", "--host", host, "--port", port,
                            "--ws", "websockets-sansio", "--lifespan", "off", "--no-server-header",
-                           "--timeout-graceful-shutdown", "10", "--log-level",
+                           *self.web_proxy_args(), "--timeout-graceful-shutdown", "10", "--log-level",
                            self.env.get("UVICORN_LOG_LEVEL", "info")])
         log(f"web (ASGI: API, websockets, admin) on http://{host}:{port}/")
         concurrency = self.env.get("CELERY_CONCURRENCY", "2")
@@ -122,18 +160,18 @@ class Stack:
         signal.signal(signal.SIGINT, on_signal)
         try:
             self.start_embedded()
+            if not self.env.get("SECRET_KEY"):
+                ensure_local_secret_key(self.var_dir)
             self.manage("migrate", "--noinput", "-v", "0")
             self.manage("collectstatic", "--noinput", "-v", "0")
             self.manage("ensure_admin")
             self.start_processes()
             log("ready when http://{}:{}/readyz answers 200; Ctrl-C stops everything".format(
                 self.env.get("HOST", "127.0.0.1"), self.env.get("PORT", "8000")))
-            while True:
-                for name, child in self.children.items():
-                    if child.poll() is not None:
-                        log(f"{name} exited with code {child.returncode}; stopping the stack")
-                        return 1
+            while (dead := self.dead_child()) is None:
                 time.sleep(0.5)
+            log(f"{dead}; stopping the stack")
+            return 1
         except KeyboardInterrupt:
             return 0
         except (subprocess.CalledProcessError, RuntimeError) as exc:
@@ -145,6 +183,7 @@ class Stack:
 
 def main() -> None:
     os.chdir(BASE_DIR)
+    os.umask(0o077)  # the SQLite file, beat's schedule, logs: this account's only
     sys.exit(Stack().run())
 
 

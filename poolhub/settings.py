@@ -24,15 +24,17 @@ DEBUG = env_bool("DEBUG", False)
 
 
 def _local_secret_key() -> str:
-    """A per-checkout key kept under var/ (never in the repo); refused in production."""
+    """The per-checkout key `make run` keeps under var/ (poolhub.launcher.ensure_local_secret_key).
+
+    Importing settings writes nothing: without that file (a one-off command, a type check, the
+    image build) a throwaway key serves this one process. Refused in production.
+    """
     if PRODUCTION:
         raise ImproperlyConfiguredEnv("SECRET_KEY must be set when POOLHUB_PRODUCTION is on")
-    path = VAR_DIR / "secret_key"
-    if not path.exists():
-        VAR_DIR.mkdir(parents=True, exist_ok=True)
-        path.write_text(secrets.token_urlsafe(50))
-        path.chmod(0o600)
-    return path.read_text().strip()
+    try:
+        return (VAR_DIR / "secret_key").read_text().strip()
+    except FileNotFoundError:
+        return secrets.token_urlsafe(50)
 
 
 SECRET_KEY = env_optional("SECRET_KEY") or _local_secret_key()
@@ -56,6 +58,7 @@ INSTALLED_APPS = [
     "uploads",
     "batching",
     "notifications",
+    "lifecycle",
 ]
 
 MIDDLEWARE = [
@@ -144,19 +147,20 @@ MONGO_DB = env_str("MONGO_DB", urlsplit(MONGO_URL).path.strip("/") or "poolhub")
 
 CHANNEL_LAYERS = {
     "default": {
-        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        # One Redis pub/sub subscription per group per web process, delivered to that process's
+        # sockets in memory (notifications/layer.py, docs/realtime.md): a push costs one PUBLISH
+        # whatever the pool's size, and no group outlives the sockets in it.
+        "BACKEND": "notifications.layer.PubSubChannelLayer",
         "CONFIG": {
-            # Each socket waits on BZPOPMIN for 5 s at a time; redis-py's default 5 s read timeout
-            # would fire first and kill idle sockets (measured): the read timeout must be longer.
-            "hosts": [{"address": REDIS_URL, "socket_timeout": 15, "socket_connect_timeout": 5}],
-            # Same database as staging, under its own key prefix: two deployments (or test runs)
-            # that use different REDIS_URL databases share nothing.
-            "prefix": "poolhub:ws",
-            # Pushes to a pool of thousands cost one message per web process, not per socket
-            # (docs/realtime.md); a process or socket this far behind drops pushes, `resume` replays.
+            # health checks notice a Redis that vanished without closing the connection.
+            "hosts": [{"address": REDIS_URL, "socket_timeout": 15, "socket_connect_timeout": 5,
+                       "health_check_interval": 30}],
+            # Pub/sub channels are shared by every database of a Redis server: the prefix names
+            # REDIS_URL's database, so deployments (or test runs) on different databases share nothing.
+            "prefix": f"poolhub:ws:{_redis_db(REDIS_URL)}:",
+            # Pushes a socket may have waiting in its web process; past that the oldest are
+            # dropped, and `resume` replays them from the event log.
             "capacity": env_int("CHANNEL_CAPACITY", 1000),
-            "expiry": env_int("CHANNEL_EXPIRY_SECONDS", 60),
-            "group_expiry": env_int("CHANNEL_GROUP_EXPIRY_SECONDS", 86400),
         },
     }
 }
@@ -245,6 +249,8 @@ AUTH_PASSWORD_VALIDATORS = [
 ]
 # Tests and provisioning create many accounts: a cheaper hasher there, PBKDF2 otherwise.
 if env_bool("POOLHUB_FAST_PASSWORD_HASHER", False):
+    if PRODUCTION:
+        raise ImproperlyConfiguredEnv("POOLHUB_FAST_PASSWORD_HASHER is for tests: refused with POOLHUB_PRODUCTION on")
     PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 # --- uploads --------------------------------------------------------------------------------
@@ -252,15 +258,23 @@ POOLHUB_MAX_FILE_BYTES = env_int("POOLHUB_MAX_FILE_BYTES", 64 * 1024 * 1024)
 POOLHUB_STAGING_BUDGET_BYTES = env_int("POOLHUB_STAGING_BUDGET_BYTES", 2 * 1024 * 1024 * 1024)
 POOLHUB_STAGING_CHUNK_BYTES = env_int("POOLHUB_STAGING_CHUNK_BYTES", 1024 * 1024)
 POOLHUB_STAGING_TTL_SECONDS = env_int("POOLHUB_STAGING_TTL_SECONDS", 7 * 86400)
-POOLHUB_STORE_MAX_ATTEMPTS = 3
+POOLHUB_STORE_MAX_ATTEMPTS = env_int("POOLHUB_STORE_MAX_ATTEMPTS", 3)
 # Uploads (docs/uploads.md): store retry backoff base (x2 per attempt, with jitter), re-drive of
 # uploads left `cached`, allowed clock skew for `timestamp`, idempotency keys kept >= 24 h.
 POOLHUB_STORE_RETRY_BASE_SECONDS = env_int("POOLHUB_STORE_RETRY_BASE_SECONDS", 10)
+POOLHUB_STORE_RETRY_MAX_SECONDS = env_int("POOLHUB_STORE_RETRY_MAX_SECONDS", 600)
+POOLHUB_STORE_SOFT_TIME_LIMIT = env_int("POOLHUB_STORE_SOFT_TIME_LIMIT", 300)
+POOLHUB_STORE_TIME_LIMIT = env_int("POOLHUB_STORE_TIME_LIMIT", 360)
 POOLHUB_STORE_LOCK_SECONDS = env_int("POOLHUB_STORE_LOCK_SECONDS", 30)  # renewed per chunk; lapses if a worker dies
 POOLHUB_STUCK_CACHED_SECONDS = env_int("POOLHUB_STUCK_CACHED_SECONDS", 900)
 POOLHUB_TIMESTAMP_MAX_FUTURE_SECONDS = env_int("POOLHUB_TIMESTAMP_MAX_FUTURE_SECONDS", 600)
 POOLHUB_IDEMPOTENCY_TTL_SECONDS = env_int("POOLHUB_IDEMPOTENCY_TTL_SECONDS", 2 * 86400)
+# A key whose first request is still running is held this long (a crashed request frees it);
+# a repeat waits up to POOLHUB_IDEMPOTENCY_WAIT_SECONDS for the first to finish.
+POOLHUB_IDEMPOTENCY_PENDING_SECONDS = env_int("POOLHUB_IDEMPOTENCY_PENDING_SECONDS", 3600)
+POOLHUB_IDEMPOTENCY_WAIT_SECONDS = env_int("POOLHUB_IDEMPOTENCY_WAIT_SECONDS", 30)
 POOLHUB_STAGING_ALLOW_EVICTION = env_bool("POOLHUB_STAGING_ALLOW_EVICTION", False)
+POOLHUB_STAGING_RETRY_AFTER_SECONDS = env_int("POOLHUB_STAGING_RETRY_AFTER_SECONDS", 30)  # on 503 staging_full
 CELERY_BEAT_SCHEDULE["uploads.redrive_stuck"] = {"task": "uploads.redrive_stuck", "schedule": 300.0}
 CELERY_BEAT_SCHEDULE["uploads.staging_reconcile"] = {"task": "uploads.staging_reconcile", "schedule": 3600.0}
 # Websocket gateway (docs/realtime.md): auth deadline, chunk size, idle transfers expire (bytes dropped).
@@ -268,6 +282,7 @@ POOLHUB_WS_AUTH_SECONDS = env_int("POOLHUB_WS_AUTH_SECONDS", 10)
 POOLHUB_WS_CHUNK_BYTES = env_int("POOLHUB_WS_CHUNK_BYTES", 512 * 1024)
 POOLHUB_WS_TRANSFER_TTL_SECONDS = env_int("POOLHUB_WS_TRANSFER_TTL_SECONDS", 3600)
 POOLHUB_WS_MAX_OPEN_TRANSFERS = env_int("POOLHUB_WS_MAX_OPEN_TRANSFERS", 32)
+POOLHUB_WS_RESYNC_SECONDS = env_int("POOLHUB_WS_RESYNC_SECONDS", 600)  # an open socket re-reads its pools
 CELERY_BEAT_SCHEDULE["notifications.expire_transfers"] = {"task": "notifications.expire_transfers",
                                                           "schedule": 60.0}
 FILE_UPLOAD_MAX_MEMORY_SIZE = 256 * 1024
@@ -313,6 +328,40 @@ CACHES = {
     }
 }
 
+# --- lifecycle ------------------------------------------------------------------------------
+# Provisioning, quotas, retention and round settings (docs/lifecycle.md). Generated secrets of
+# provisioned accounts are verified by their own cheap hasher (accounts/hashers.py, why there);
+# it is listed last so that it is never used for a password someone chose.
+from django.conf import global_settings  # noqa: E402
+
+PASSWORD_HASHERS = [*vars().get("PASSWORD_HASHERS", global_settings.PASSWORD_HASHERS),
+                    "accounts.hashers.GeneratedSecretHasher"]
+POOLHUB_PROVISION_MAX = env_int("POOLHUB_PROVISION_MAX", 1000)
+# The retention job: how often it runs, how many uploads or results it purges per batch, and how
+# many batches per run at most (the next run goes on where this one stopped).
+POOLHUB_PURGE_INTERVAL_SECONDS = env_int("POOLHUB_PURGE_INTERVAL_SECONDS", 600)
+POOLHUB_PURGE_BATCH = env_int("POOLHUB_PURGE_BATCH", 200)
+POOLHUB_PURGE_MAX_BATCHES = env_int("POOLHUB_PURGE_MAX_BATCHES", 50)
+# A failed upload's staged bytes are kept for re-drive this many days, then released (0: never).
+POOLHUB_FAILED_UPLOAD_KEEP_DAYS = env_int("POOLHUB_FAILED_UPLOAD_KEEP_DAYS", 14)
+
+# --- harden (docs/configuration.md "Security and limits") -----------------------------------
+# Webhooks call public addresses only; a trusted network (or the test suite) may allow private ones.
+POOLHUB_WEBHOOK_ALLOW_PRIVATE = env_bool("POOLHUB_WEBHOOK_ALLOW_PRIVATE", False)
+POOLHUB_WEBHOOK_ALLOW_HTTP = env_bool("POOLHUB_WEBHOOK_ALLOW_HTTP", not PRODUCTION)
+# Request bodies (uploads/asgi.py): each endpoint's cap, refused with 413 before it is read.
+POOLHUB_MAX_AUTH_BODY_BYTES = env_int("POOLHUB_MAX_AUTH_BODY_BYTES", 4 * 1024)
+POOLHUB_MAX_JSON_BODY_BYTES = env_int("POOLHUB_MAX_JSON_BODY_BYTES", 64 * 1024)
+POOLHUB_MAX_BATCH_BYTES = env_int("POOLHUB_MAX_BATCH_BYTES", 256 * 1024 * 1024)
+POOLHUB_MAX_RESULT_BYTES = env_int("POOLHUB_MAX_RESULT_BYTES", 64 * 1024 * 1024)
+
+# --- web ---
+# Files larger than this go from the web page over the resumable path (tus where the server has it,
+# else the websocket transfer verbs) instead of one multipart POST.
+POOLHUB_WEB_LARGE_FILE_BYTES = env_int("POOLHUB_WEB_LARGE_FILE_BYTES", 8 * 1024 * 1024)
+# whitenoise also serves files the staticfiles finders find (poolhub/static), so the page works from
+# a checkout that never ran collectstatic (`make run`, the browser tests); collected files still win.
+WHITENOISE_USE_FINDERS = True
 # --- ops: logs and metrics (docs/operations.md "Logs" and "Metrics") ---------------------------
 from poolhub.logs import logging_config  # noqa: E402
 

@@ -9,6 +9,7 @@ DATABASE_URL is set, its own SQLite test database. Everything stops when the run
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import tempfile
 from pathlib import Path
@@ -32,11 +33,14 @@ def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Pa
     (Path(os.environ["POOLHUB_VAR_DIR"]) / "static").mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("POOLHUB_TEST_SQLITE", str(_run_dir / "test.sqlite3"))
     os.environ.setdefault("POOLHUB_FAST_PASSWORD_HASHER", "1")
+    os.environ.setdefault("SECRET_KEY", secrets.token_urlsafe(50))  # shared with the servers tests start
     os.environ.setdefault("THROTTLE_AUTH", "100000/min")
     os.environ.setdefault("THROTTLE_REFRESH", "100000/min")
     os.environ.setdefault("THROTTLE_UPLOADS", "100000/min")
     # Unit tests run tasks inline; the `celery_worker` fixture switches to a real worker.
     os.environ.setdefault("CELERY_TASK_ALWAYS_EAGER", "1")
+    # Test receivers (webhooks) listen on 127.0.0.1; tests of the address rules turn this off.
+    os.environ.setdefault("POOLHUB_WEBHOOK_ALLOW_PRIVATE", "1")
     os.environ.setdefault("CELERY_QUEUE", f"poolhub-test-{os.getpid()}")
     if not os.environ.get("REDIS_URL"):
         service = start_redis(_run_dir / "redis")

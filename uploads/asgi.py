@@ -1,11 +1,17 @@
-"""An ASGI guard in front of Django for the upload endpoints: stop reading an oversized body at once.
+"""An ASGI guard in front of everything HTTP: no request body is read past its endpoint's limit.
 
 Django's ASGI handler receives the whole request body (spooling it to a temporary file beyond
-FILE_UPLOAD_MAX_MEMORY_SIZE) before the view runs, so without this a client could make the server
-read and spool gigabytes only to be told 413. The guard answers 413 `file_too_large` as soon as
-the declared Content-Length, or the bytes actually received, pass the most any upload request
-may carry (the server's file limit, or for a batch the staging budget, plus room for the form).
-The pool's own, smaller limit is enforced by the upload handler while it parses the body.
+FILE_UPLOAD_MAX_MEMORY_SIZE) before any view runs, authenticated or not, so without this a client
+could make the server read and spool gigabytes (`POST /auth/login` with a 10 GiB body) only to be
+told 400 or 413. The guard wraps the whole HTTP application, so a fast path mounted beside Django
+is covered too. Each endpoint has its own cap (`body_cap`): a few KiB for the auth endpoints and
+JSON, the server's file limit for uploads and tus, the result limit for results, a batch cap for
+batches. It answers 413 as soon as the declared Content-Length, or the bytes actually received
+(chunked bodies have no declared length), pass that cap; the view is then told the client left.
+The pool's own, smaller limits are enforced by the handlers while they parse the body.
+
+This is what nginx's `client_max_body_size` and uvicorn's `h11_max_incomplete_event_size` do for
+headers; uvicorn has no body limit of its own, so it lives here, before the framework.
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ from typing import Any
 
 from django.conf import settings
 
+from poolhub.errors import error_body
+
 logger = logging.getLogger(__name__)
 
 Scope = MutableMapping[str, Any]
@@ -26,39 +34,61 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Any  # Django's handler and plain ASGI callables type their arguments differently
 
-_UPLOAD_PATH = re.compile(r"^/api/v1/pools/[0-9a-fA-F-]{36}/(uploads|batches)/?$")
-FORM_ALLOWANCE = 4 * 1024 * 1024  # form fields, manifest and multipart headers
+FORM_ALLOWANCE = 4 * 1024 * 1024  # form fields, manifest and multipart headers beside the files
+_UUID = r"[0-9a-fA-F-]{36}"
+# (path, kind): the first match decides; every other path takes the JSON cap.
+_ROUTES: list[tuple[re.Pattern[str], str]] = [
+    (re.compile(rf"^/api/v1/pools/{_UUID}/uploads/?$"), "file"),
+    (re.compile(rf"^/api/v1/pools/{_UUID}/tus/?$"), "file"),
+    (re.compile(r"^/api/v1/tus/[^/]+/?$"), "file"),
+    (re.compile(rf"^/api/v1/pools/{_UUID}/batches/?$"), "batch"),
+    (re.compile(rf"^/api/v1/groups/{_UUID}/result/?$"), "result"),
+    (re.compile(r"^/api/v1/auth/"), "auth"),
+    (re.compile(r"^/admin/"), "form"),
+]
+_FILE_KINDS = frozenset({"file", "batch", "result"})
+
+
+def body_kind(path: str) -> str:
+    return next((kind for pattern, kind in _ROUTES if pattern.match(path)), "json")
 
 
 def body_cap(kind: str) -> int:
-    largest_file = int(settings.POOLHUB_MAX_FILE_BYTES)
-    if kind == "batches":
-        many = largest_file * int(settings.DATA_UPLOAD_MAX_NUMBER_FILES)
-        return min(many, max(largest_file, int(settings.POOLHUB_STAGING_BUDGET_BYTES))) + FORM_ALLOWANCE
-    return largest_file + FORM_ALLOWANCE
+    """The most bytes a request body of this kind may carry."""
+    if kind == "file":
+        return int(settings.POOLHUB_MAX_FILE_BYTES) + FORM_ALLOWANCE
+    if kind == "batch":
+        return int(settings.POOLHUB_MAX_BATCH_BYTES) + FORM_ALLOWANCE
+    if kind == "result":
+        return int(settings.POOLHUB_MAX_RESULT_BYTES) + FORM_ALLOWANCE
+    if kind == "auth":
+        return int(settings.POOLHUB_MAX_AUTH_BODY_BYTES)
+    if kind == "form":  # the admin's forms: Django's own limit on non-file form data
+        return int(settings.DATA_UPLOAD_MAX_MEMORY_SIZE) + 64 * 1024
+    return int(settings.POOLHUB_MAX_JSON_BODY_BYTES)
 
 
-def _too_large_body(cap: int) -> bytes:
-    return json.dumps({"error": {"code": "file_too_large", "message": f"the request is larger than {cap} bytes",
-                                 "details": {"max_request_bytes": cap}}}).encode()
+def _too_large_body(kind: str, cap: int) -> bytes:
+    code = "file_too_large" if kind in _FILE_KINDS else "request_too_large"
+    return json.dumps(error_body(code, f"the request is larger than {cap} bytes", {"max_request_bytes": cap})).encode()
 
 
-class UploadBodyLimit:
+class BodyLimit:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
         _startup_staging_check()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        match = _UPLOAD_PATH.match(scope.get("path", "")) if scope["type"] == "http" else None
-        if match is None or scope.get("method") != "POST":
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        cap = body_cap(match.group(1))
+        kind = body_kind(scope.get("path", ""))
+        cap = body_cap(kind)
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > cap:
-            await _send_413(send, cap)
+            await _send_413(send, kind, cap)
             return
-        await _Guarded(self.app, cap).run(scope, receive, send)
+        await _Guarded(self.app, kind, cap).run(scope, receive, send)
 
 
 def _startup_staging_check() -> None:
@@ -74,8 +104,8 @@ def _startup_staging_check() -> None:
                        "before the first upload", exc)
 
 
-async def _send_413(send: Send, cap: int) -> None:
-    body = _too_large_body(cap)
+async def _send_413(send: Send, kind: str, cap: int) -> None:
+    body = _too_large_body(kind, cap)
     await send({"type": "http.response.start", "status": 413,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                             (b"connection", b"close")]})
@@ -83,13 +113,15 @@ async def _send_413(send: Send, cap: int) -> None:
 
 
 class _Guarded:
-    """Counts received bytes; past the cap it answers 413 itself and tells Django the client left."""
+    """Counts received bytes; past the cap it answers 413 itself and tells the app the client left."""
 
-    def __init__(self, app: ASGIApp, cap: int) -> None:
+    def __init__(self, app: ASGIApp, kind: str, cap: int) -> None:
         self.app = app
+        self.kind = kind
         self.cap = cap
         self.received = 0
         self.refused = False
+        self.started = False
 
     async def run(self, scope: Scope, receive: Receive, send: Send) -> None:
         async def guarded_receive() -> Message:
@@ -100,12 +132,14 @@ class _Guarded:
                 self.received += len(message.get("body", b""))
                 if self.received > self.cap:
                     self.refused = True
-                    await _send_413(send, self.cap)
+                    if not self.started:  # an app that already answered keeps its answer
+                        await _send_413(send, self.kind, self.cap)
                     return {"type": "http.disconnect"}
             return message
 
         async def guarded_send(message: Message) -> None:
             if not self.refused:
+                self.started = True
                 await send(message)
 
         await self.app(scope, guarded_receive, guarded_send)

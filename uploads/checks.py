@@ -96,6 +96,11 @@ def max_bytes_for(*, pool: Pool) -> int:
     return min(int(pool.max_file_bytes), int(settings.POOLHUB_MAX_FILE_BYTES))
 
 
+def max_result_bytes_for(*, pool: Pool) -> int:
+    """The size limit for a result: the pool's, capped by the server's."""
+    return min(int(pool.max_result_bytes), int(settings.POOLHUB_MAX_RESULT_BYTES))
+
+
 def size_check(*, size: int, max_bytes: int) -> None:
     if size > max_bytes:
         raise FileTooLarge(f"the file is larger than {max_bytes} bytes", details={"max_bytes": max_bytes})
@@ -165,6 +170,10 @@ def content_type_check(*, content_type: str, allowed_types: Sequence[str]) -> No
                             details={"content_type": content_type, "allowed_types": list(allowed_types)})
 
 
+# Windows are counted from the epoch: nothing before it is a time a client produced a file at.
+_EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def timestamp_parse(value: object, *, now: datetime | None = None) -> datetime:
     """A client's `timestamp`: ISO-8601 with an offset, not further ahead than the allowed clock skew."""
     if not isinstance(value, str) or not value.strip():
@@ -176,10 +185,25 @@ def timestamp_parse(value: object, *, now: datetime | None = None) -> datetime:
     if parsed.tzinfo is None or parsed.utcoffset() is None:
         raise InvalidTimestamp("timestamp must carry a UTC offset, such as Z or +02:00",
                                details={"field": "timestamp"})
-    skew = timedelta(seconds=int(getattr(settings, "POOLHUB_TIMESTAMP_MAX_FUTURE_SECONDS", 600)))
+    try:
+        parsed = parsed.astimezone(UTC)  # 0001-01-01T00:00:00+01:00 has no UTC time: OverflowError
+    except OverflowError as exc:
+        raise InvalidTimestamp("timestamp is out of range", details={"field": "timestamp"}) from exc
+    if parsed < _EARLIEST:
+        raise InvalidTimestamp("timestamp is before 1970", details={"field": "timestamp"})
+    skew = timedelta(seconds=int(settings.POOLHUB_TIMESTAMP_MAX_FUTURE_SECONDS))
     if parsed > (now or timezone.now()) + skew:
         raise InvalidTimestamp("timestamp is in the future", details={"field": "timestamp"})
-    return parsed.astimezone(UTC)
+    return parsed
+
+
+def timestamp_age_check(*, timestamp: datetime, pool: Pool, now: datetime | None = None) -> None:
+    """Older than the pool's `max_timestamp_age_seconds`: 400, rather than an ancient window."""
+    oldest = (now or timezone.now()) - timedelta(seconds=int(pool.max_timestamp_age_seconds))
+    if timestamp < oldest:
+        raise InvalidTimestamp("timestamp is older than this pool accepts",
+                               details={"field": "timestamp", "oldest": oldest.isoformat(),
+                                        "max_age_seconds": int(pool.max_timestamp_age_seconds)})
 
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")

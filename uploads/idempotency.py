@@ -46,11 +46,11 @@ def fingerprint_of(*, endpoint: str, pool_id: UUID, fields: dict[str, list[str]]
 
 
 def _ttl() -> int:
-    return max(86400, int(getattr(settings, "POOLHUB_IDEMPOTENCY_TTL_SECONDS", 2 * 86400)))
+    return max(86400, int(settings.POOLHUB_IDEMPOTENCY_TTL_SECONDS))
 
 
 def _pending_ttl() -> int:
-    return int(getattr(settings, "POOLHUB_IDEMPOTENCY_PENDING_SECONDS", 3600))
+    return int(settings.POOLHUB_IDEMPOTENCY_PENDING_SECONDS)
 
 
 def _redis_key(*, user_id: UUID, key: str) -> str:
@@ -94,7 +94,7 @@ def idempotent(*, user_id: UUID, key: str, run: Callable[[], Outcome],
     Returns the outcome and whether it is a replay.
     """
     redis_key = _redis_key(user_id=user_id, key=key)
-    wait = float(getattr(settings, "POOLHUB_IDEMPOTENCY_WAIT_SECONDS", 30))
+    wait = float(settings.POOLHUB_IDEMPOTENCY_WAIT_SECONDS)
     for _ in range(3):
         if redis_client().set(redis_key, json.dumps({"state": "pending"}), nx=True, ex=_pending_ttl()):
             return _run_claimed(redis_key, run), False

@@ -11,9 +11,9 @@ from django.db.models import Q, QuerySet
 from accounts.models import Role, User
 from accounts.selectors import pool_access, user_is_admin
 from poolhub.errors import NotFound
+from poolhub.filestore import Bucket, file_chunks
 from uploads.models import Event, Upload, UploadStatus
 from uploads.staging import StagingMissing, staging_exists, staging_read
-from uploads.storage import READ_BYTES, upload_file_iter, upload_file_open
 
 READERS = (Role.MANAGER, Role.EXPORTER)
 
@@ -64,31 +64,36 @@ def upload_events(*, upload: Upload) -> QuerySet[Event]:
     return Event.objects.filter(stream_type="upload", stream_id=upload.id).order_by("seq")
 
 
-def upload_content(*, upload: Upload) -> Iterator[bytes]:
-    """The upload's bytes, in chunks: from GridFS once stored, from staging before."""
+def upload_content(*, upload: Upload, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+    """Bytes `start` up to `end` (default: all) of the upload, in chunks: from the file store once
+    stored (checked; only the chunks that hold the range are read), from staging before.
+
+    Raises poolhub.filestore.FileMissing (or StagingMissing) before the first byte when neither has them.
+    """
+    end = upload.size if end is None else end
     if upload.status != UploadStatus.STORED and staging_exists(key=upload.staging_key):
-        return _staged_then_stored(upload=upload)
-    return upload_file_iter(upload_id=upload.id)  # stored (perhaps just now, as staging was dropped)
+        return _staged_then_stored(upload=upload, start=start, end=end)
+    # Stored (perhaps just now, as staging was dropped).
+    return file_chunks(bucket=Bucket.UPLOADS, file_id=upload.id, start=start, end=end)
 
 
-def _staged_then_stored(*, upload: Upload) -> Iterator[bytes]:
-    """Staged bytes; if the store finishes and drops them mid-way, the rest comes from GridFS."""
-    sent = 0
+def _staged_then_stored(*, upload: Upload, start: int, end: int) -> Iterator[bytes]:
+    """Staged bytes (staging keeps no offsets: the bytes before `start` are read and skipped; a
+    staged file is at most one upload's size and short-lived). If the store finishes and drops them
+    mid-way, the rest comes from the file store."""
+    offset = start
+    position = 0
     try:
         for chunk in staging_read(key=upload.staging_key):
-            sent += len(chunk)
-            yield chunk
+            piece = chunk[max(0, offset - position):max(0, end - position)]
+            position += len(chunk)
+            if piece:
+                offset += len(piece)
+                yield piece
+            if position >= end:
+                return
         return
     except StagingMissing:
         pass
-    stream = upload_file_open(upload_id=upload.id)
-    stream.seek(sent)
-    yield from _read_rest(stream)
-
-
-def _read_rest(stream: Any) -> Iterator[bytes]:
-    try:
-        while chunk := stream.read(READ_BYTES):
-            yield chunk
-    finally:
-        stream.close()
+    if offset < end:
+        yield from file_chunks(bucket=Bucket.UPLOADS, file_id=upload.id, start=offset, end=end)

@@ -13,7 +13,6 @@ before any byte moves, so a killed worker's attempt counts too), `upload.store_f
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import random
 import uuid
@@ -35,6 +34,7 @@ from accounts.models import Pool, User
 from batching.models import Group
 from batching.services import group_for_upload
 from poolhub.errors import ApiError, Conflict, NotFound
+from poolhub.filestore import Bucket, file_delete, file_intact, file_write
 from poolhub.redis import redis_client
 from uploads.events import event_append
 from uploads.models import Upload, UploadStatus
@@ -47,7 +47,6 @@ from uploads.staging import (
     staging_read,
     staging_touch,
 )
-from uploads.storage import upload_file_iter, upload_file_remove, upload_file_sha256, upload_file_write
 
 logger = logging.getLogger(__name__)
 
@@ -195,13 +194,13 @@ def _max_attempts() -> int:
 
 def store_backoff(*, attempt: int) -> float:
     """Exponential backoff with full jitter around it: base * 2^(attempt-1), times 0.5 to 1.5."""
-    base = float(getattr(settings, "POOLHUB_STORE_RETRY_BASE_SECONDS", 10))
-    ceiling = float(getattr(settings, "POOLHUB_STORE_RETRY_MAX_SECONDS", 600))
+    base = float(settings.POOLHUB_STORE_RETRY_BASE_SECONDS)
+    ceiling = float(settings.POOLHUB_STORE_RETRY_MAX_SECONDS)
     return min(ceiling, base * 2 ** max(0, attempt - 1)) * random.uniform(0.5, 1.5)
 
 
 def _lock_seconds() -> int:
-    return int(getattr(settings, "POOLHUB_STORE_LOCK_SECONDS", 30))
+    return int(settings.POOLHUB_STORE_LOCK_SECONDS)
 
 
 def upload_store(*, upload_id: UUID | str) -> StoreResult:
@@ -228,7 +227,7 @@ def _store_locked(*, upload_id: UUID | str, renew: Any) -> StoreResult:
         return StoreResult(StoreOutcome.NOTHING_TO_DO)
     upload, exhausted = begun
     if exhausted:
-        if upload_file_sha256(upload_id=upload.id) == upload.sha256:
+        if file_intact(bucket=Bucket.UPLOADS, file_id=upload.id, sha256=upload.sha256):
             _stored(upload_id=upload.id)
             return StoreResult(StoreOutcome.STORED)
         return _attempt_failed(upload_id=upload.id, error="the last attempt never finished (worker lost)",
@@ -268,9 +267,9 @@ def _attempt_begin(*, upload_id: UUID | str) -> tuple[Upload, bool] | None:
 
 
 def _store_bytes(*, upload: Upload, renew: Any) -> None:
-    if upload_file_sha256(upload_id=upload.id) == upload.sha256:
+    if file_intact(bucket=Bucket.UPLOADS, file_id=upload.id, sha256=upload.sha256, on_chunk=renew):
         return  # an earlier try wrote it whole and died before recording it
-    upload_file_remove(upload_id=upload.id)  # orphan chunks of an interrupted try
+    file_delete(bucket=Bucket.UPLOADS, file_id=upload.id)  # orphan chunks of an interrupted try
     if not staging_exists(key=upload.staging_key):
         raise StagingMissing(upload.staging_key)
 
@@ -279,22 +278,14 @@ def _store_bytes(*, upload: Upload, renew: Any) -> None:
             renew()
             yield chunk
 
-    upload_file_write(upload_id=upload.id, filename=upload.filename, chunks=chunks(),
-                      metadata={"pool": str(upload.pool_id), "uploader": str(upload.uploader_id),
-                                "sha256": upload.sha256, "content_type": upload.content_type})
+    file_write(bucket=Bucket.UPLOADS, file_id=upload.id, filename=upload.filename, chunks=chunks(),
+               metadata={"pool": str(upload.pool_id), "uploader": str(upload.uploader_id),
+                         "sha256": upload.sha256, "content_type": upload.content_type})
     renew()
-    if _gridfs_sha256(upload_id=upload.id, renew=renew) != upload.sha256:
-        upload_file_remove(upload_id=upload.id)
+    # Read back checked (renewing the lock as it goes: a 64 MB read-back takes a while).
+    if not file_intact(bucket=Bucket.UPLOADS, file_id=upload.id, sha256=upload.sha256, on_chunk=renew):
+        file_delete(bucket=Bucket.UPLOADS, file_id=upload.id)
         raise StoreError("the stored file's sha256 differs from the upload's")
-
-
-def _gridfs_sha256(*, upload_id: UUID, renew: Any) -> str:
-    """Read back what GridFS holds (renewing the lock as it goes: a 64 MB read-back takes a while)."""
-    digest = hashlib.sha256()
-    for chunk in upload_file_iter(upload_id=upload_id):
-        renew()
-        digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _stored(*, upload_id: UUID) -> None:
@@ -356,7 +347,7 @@ def uploads_stuck_redrive(*, older_than: timedelta | None = None) -> int:
     """Send the store task again for uploads `cached` longer than `older_than` (a lost publish or
     a dead worker). Safe beside a running store: the task is idempotent and locked per upload."""
     if older_than is None:
-        older_than = timedelta(seconds=int(getattr(settings, "POOLHUB_STUCK_CACHED_SECONDS", 900)))
+        older_than = timedelta(seconds=int(settings.POOLHUB_STUCK_CACHED_SECONDS))
     cutoff = timezone.now() - older_than
     ids = list(Upload.objects.filter(status=UploadStatus.CACHED, updated_at__lt=cutoff)
                .values_list("id", flat=True)[:1000])

@@ -96,7 +96,7 @@ def _meta_key(key: str) -> str:
 
 
 def _retry_after() -> int:
-    return int(getattr(settings, "POOLHUB_STAGING_RETRY_AFTER_SECONDS", 30))
+    return int(settings.POOLHUB_STAGING_RETRY_AFTER_SECONDS)
 
 
 @dataclass(frozen=True)
@@ -131,7 +131,7 @@ def staging_policy_check() -> None:
         verdict = _policy_verdict()
     except redis.RedisError as exc:
         raise Unavailable("staging is unavailable", retry_after=5) from exc
-    if verdict in ("noeviction", "unknown") or getattr(settings, "POOLHUB_STAGING_ALLOW_EVICTION", False):
+    if verdict in ("noeviction", "unknown") or settings.POOLHUB_STAGING_ALLOW_EVICTION:
         return
     _policy_verdict.cache_clear()
     raise Unavailable("staging is misconfigured (Redis may evict); uploads are refused", retry_after=300)

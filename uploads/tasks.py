@@ -12,8 +12,8 @@ from uploads.staging import staging_reconcile
 
 
 @shared_task(name="uploads.store", bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=None,
-             soft_time_limit=getattr(settings, "POOLHUB_STORE_SOFT_TIME_LIMIT", 300),
-             time_limit=getattr(settings, "POOLHUB_STORE_TIME_LIMIT", 360))
+             soft_time_limit=settings.POOLHUB_STORE_SOFT_TIME_LIMIT,
+             time_limit=settings.POOLHUB_STORE_TIME_LIMIT)
 def store_upload(self: Any, upload_id: str) -> str:
     """Store one upload in GridFS. Attempts are counted in the database by the service (so a killed
     worker's try counts too); Celery's own retry counter is only the delivery mechanism."""

@@ -4,7 +4,16 @@ from typing import Any
 
 from rest_framework import serializers
 
-from accounts.models import MAX_WINDOW_SECONDS, MIN_WINDOW_SECONDS, LatePolicy, Membership, Pool, Role, User
+from accounts.models import (
+    MAX_TIMESTAMP_AGE_SECONDS,
+    MAX_WINDOW_SECONDS,
+    MIN_WINDOW_SECONDS,
+    LatePolicy,
+    Membership,
+    Pool,
+    Role,
+    User,
+)
 
 
 class UserOutput(serializers.Serializer):
@@ -26,6 +35,12 @@ class RefreshInput(serializers.Serializer):
 
 
 class LogoutInput(serializers.Serializer):
+    refresh = serializers.CharField(required=False, allow_blank=True)
+
+
+class PasswordChangeInput(serializers.Serializer):
+    current_password = serializers.CharField(max_length=256, trim_whitespace=False)
+    new_password = serializers.CharField(max_length=256, trim_whitespace=False)
     refresh = serializers.CharField(required=False, allow_blank=True)
 
 
@@ -66,16 +81,26 @@ class PoolSerializer(serializers.ModelSerializer):
                                               required=False)
     grace_seconds = serializers.IntegerField(min_value=0, max_value=MAX_WINDOW_SECONDS, required=False)
     max_file_bytes = serializers.IntegerField(min_value=1, required=False)
+    max_result_bytes = serializers.IntegerField(min_value=1, max_value=2**62, required=False)
+    max_timestamp_age_seconds = serializers.IntegerField(min_value=MIN_WINDOW_SECONDS,
+                                                         max_value=MAX_TIMESTAMP_AGE_SECONDS, required=False)
     allowed_types = serializers.ListField(child=serializers.CharField(max_length=100), required=False,
                                           max_length=100)
     late_policy = serializers.ChoiceField(choices=LatePolicy.choices, required=False)
     webhook_secret = serializers.CharField(write_only=True, required=False, allow_blank=True, max_length=128)
 
+    def validate_webhook_url(self, value: str) -> str:
+        from batching.webhooks import webhook_url_check  # public addresses only (server-side request forgery)
+
+        webhook_url_check(url=value)
+        return value
+
     class Meta:
         model = Pool
         fields = ["id", "name", "window_seconds", "grace_seconds", "max_file_bytes", "allowed_types",
                   "late_policy", "created_at", "origin", "lease_seconds", "close_min_uploads",
-                  "close_min_contributors", "webhook_url", "webhook_secret"]
+                  "close_min_contributors", "webhook_url", "webhook_secret", "max_result_bytes",
+                  "max_timestamp_age_seconds"]
         read_only_fields = ["id", "created_at"]
 
 
@@ -107,3 +132,19 @@ class MemberSerializer(serializers.Serializer):
 
 class MemberRoleInput(serializers.Serializer):
     role = serializers.ChoiceField(choices=Role.choices)
+
+
+class ProvisionInput(serializers.Serializer):
+    count = serializers.IntegerField(min_value=1)
+    prefix = serializers.CharField(max_length=100, required=False, default="client-")
+    role = serializers.ChoiceField(choices=Role.choices, required=False, default=Role.CONTRIBUTOR)
+
+
+class ProvisionedMemberOutput(serializers.Serializer):
+    username = serializers.CharField()
+    password = serializers.CharField()
+    role = serializers.CharField()
+
+
+class ProvisionOutput(serializers.Serializer):
+    members = ProvisionedMemberOutput(many=True)

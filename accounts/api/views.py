@@ -21,8 +21,11 @@ from accounts.api.serializers import (
     LogoutInput,
     MemberRoleInput,
     MemberSerializer,
+    PasswordChangeInput,
     PoolOutput,
     PoolSerializer,
+    ProvisionInput,
+    ProvisionOutput,
     RefreshInput,
     TokenPairOutput,
     UserOutput,
@@ -31,6 +34,7 @@ from accounts.api.serializers import (
 from accounts.models import Role, User
 from poolhub.errors import Forbidden
 from poolhub.throttling import process_cache
+from uploads.idempotency import idempotency_key_parse
 
 
 class AuthThrottle(SimpleRateThrottle):
@@ -113,6 +117,20 @@ class LogoutApi(APIView):
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
+class PasswordChangeApi(APIView):
+    """The signed-in user's password; the token pair in hand is revoked and a new pair returned."""
+
+    throttle_classes = [AuthThrottle]
+
+    @extend_schema(request=PasswordChangeInput, responses={200: TokenPairOutput, **_errors(400, 401, 429)})
+    def post(self, request: Request) -> Response:
+        data = _valid(PasswordChangeInput, request.data)
+        tokens = services.user_password_change(
+            user=_user(request), current_password=data["current_password"], new_password=data["new_password"],
+            access=cast(Any, request.auth), refresh=data.get("refresh") or None)
+        return Response(tokens)
+
+
 class ValidateApi(APIView):
     @extend_schema(responses={200: ValidateOutput, **_errors(401)})
     def get(self, request: Request) -> Response:
@@ -186,3 +204,31 @@ class MemberDetailApi(APIView):
         pool = selectors.pool_access(user=_user(request), pool_id=pool_id, roles=[Role.MANAGER])
         services.pool_member_remove(pool=pool, username=username)
         return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class MemberProvisionApi(APIView):
+    """POST /pools/{pool}/members/provision: up to POOLHUB_PROVISION_MAX accounts at once.
+
+    Its path shadows a member named "provision" in `/members/{username}`; that member's PATCH
+    and DELETE still work here.
+    """
+
+    @extend_schema(request=ProvisionInput, responses={201: ProvisionOutput, **_errors(400, 401, 403, 404, 409)})
+    def post(self, request: Request, pool_id: UUID) -> Response:
+        user = _user(request)
+        pool = selectors.pool_access(user=user, pool_id=pool_id, roles=[Role.MANAGER])
+        data = _valid(ProvisionInput, request.data)
+        key = idempotency_key_parse(request.headers.get("Idempotency-Key"))
+        members, replayed = services.pool_members_provision_once(
+            pool=pool, by=user, count=data["count"], prefix=data["prefix"], role=data["role"], idempotency_key=key)
+        response = Response(ProvisionOutput({"members": members}).data, status=status.HTTP_201_CREATED)
+        response["Cache-Control"] = "no-store"  # the body holds passwords
+        if replayed:
+            response["Idempotent-Replayed"] = "true"
+        return response
+
+    def patch(self, request: Request, pool_id: UUID) -> Response:
+        return MemberDetailApi().patch(request, pool_id=pool_id, username="provision")
+
+    def delete(self, request: Request, pool_id: UUID) -> Response:
+        return MemberDetailApi().delete(request, pool_id=pool_id, username="provision")

@@ -3,6 +3,7 @@ from __future__ import annotations
 from rest_framework import serializers
 
 from batching.models import GroupStatus, Result
+from batching.selectors import result_content_path
 
 
 class GroupOutput(serializers.Serializer):
@@ -12,6 +13,7 @@ class GroupOutput(serializers.Serializer):
     window_end = serializers.DateTimeField()
     status = serializers.CharField()
     upload_count = serializers.IntegerField()
+    contributor_count = serializers.IntegerField()  # distinct uploaders so far (the web page's current window)
     bytes = serializers.IntegerField()
     closed_at = serializers.DateTimeField()
 
@@ -48,4 +50,10 @@ class ResultOutput(serializers.Serializer):
     upload_ids = serializers.ListField(child=serializers.CharField())
 
     def get_url(self, result: Result) -> str:
-        return f"/api/v1/results/{result.id}/content"
+        return result_content_path(result_id=result.id)
+
+
+class WebhookTestOutput(serializers.Serializer):
+    delivered = serializers.BooleanField()
+    status = serializers.IntegerField(allow_null=True)  # the receiver's HTTP status; null when unreachable
+    error = serializers.CharField(allow_blank=True)

@@ -18,9 +18,9 @@ from django.db import transaction
 from accounts.models import Membership, Pool, Role, User
 from batching.models import Group
 from batching.services import group_for_upload
+from poolhub.filestore import Bucket, file_write
 from tests.conftest import make_user
 from uploads.models import Upload, UploadStatus
-from uploads.storage import upload_file_write
 
 T0 = datetime(2026, 11, 28, 10, 0, tzinfo=UTC)
 
@@ -35,7 +35,7 @@ def stored_upload(*, pool: Pool, uploader: User, timestamp: datetime, data: byte
             content_type="application/octet-stream", timestamp=timestamp, group=group, status=status,
         )
     if status == UploadStatus.STORED:
-        upload_file_write(upload_id=upload.id, filename=filename, chunks=[data], metadata={})
+        file_write(bucket=Bucket.UPLOADS, file_id=upload.id, filename=filename, chunks=[data], metadata={})
     return upload
 
 

@@ -15,11 +15,11 @@ import pytest
 from accounts.models import Membership, Pool, Role
 from accounts.tokens import token_pair_for
 from batching.models import Group
+from poolhub.filestore import Bucket, file_write
 from tests import live
 from tests.batching.conftest import T0
 from tests.conftest import make_user
 from uploads.models import Upload, UploadStatus
-from uploads.storage import upload_file_write
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -41,7 +41,7 @@ def _big_group(pool: Pool) -> Group:
         upload = Upload.objects.create(pool=pool, uploader=contributor, filename=f"big-{i}.bin", size=FILE_BYTES,
                                        sha256=digest.hexdigest(), content_type="application/octet-stream",
                                        timestamp=T0 + timedelta(minutes=i), group=group, status=UploadStatus.STORED)
-        upload_file_write(upload_id=upload.id, filename=upload.filename, chunks=iter(data_blocks), metadata={})
+        file_write(bucket=Bucket.UPLOADS, file_id=upload.id, filename=upload.filename, chunks=iter(data_blocks))
     return group
 
 

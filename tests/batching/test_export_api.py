@@ -320,12 +320,36 @@ def test_archive_keeps_long_and_non_ascii_filenames(api, pool, contributor, expo
 
 
 def test_archive_with_a_missing_stored_file_is_503_not_a_truncated_tar(api, closed_group, exporter):
-    from uploads.storage import upload_file_remove
+    from poolhub.filestore import Bucket, file_delete
 
     lost = closed_group.uploads.order_by("timestamp").first()
-    upload_file_remove(upload_id=lost.id)
+    file_delete(bucket=Bucket.UPLOADS, file_id=lost.id)
     lease_id = claim(api, exporter, closed_group).json()["lease_id"]
     response = api(exporter).get(f"/api/v1/groups/{closed_group.id}/archive", {"lease": lease_id})
     assert (response.status_code, error_code(response)) == (503, "unavailable")
     assert response.json()["error"]["details"]["uploads"] == [str(lost.id)]
     assert "Retry-After" in response
+
+
+# --- result size (the pool's max_result_bytes) -----------------------------------------------------
+
+def test_a_result_over_the_pools_limit_is_refused_and_stores_nothing(api, closed_group, exporter, pool):
+    pool.max_result_bytes = 1024
+    pool.save(update_fields=["max_result_bytes"])
+    lease_id = claim(api, exporter, closed_group).json()["lease_id"]
+    stored_results = mongo_db()["results.files"].count_documents({})
+    response = post_result(api, exporter, closed_group, lease_id, data=b"r" * 1025)
+    assert (response.status_code, error_code(response)) == (413, "file_too_large")
+    assert response.json()["error"]["details"]["max_bytes"] == 1024
+    assert not Result.objects.exists()
+    assert mongo_db()["results.files"].count_documents({}) == stored_results
+    closed_group.refresh_from_db()
+    assert closed_group.status == GroupStatus.EXPORTING
+    assert post_result(api, exporter, closed_group, lease_id, data=b"r" * 1024).status_code == 201
+
+
+def test_pools_have_a_result_limit_of_64_mib_by_default(api, pool, manager):
+    body = api(manager).get(f"/api/v1/pools/{pool.id}").json()
+    assert body["max_result_bytes"] == 64 * 1024 * 1024
+    response = api(manager).patch(f"/api/v1/pools/{pool.id}", {"max_result_bytes": 0}, format="json")
+    assert (response.status_code, error_code(response)) == (400, "invalid")

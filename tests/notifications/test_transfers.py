@@ -13,10 +13,10 @@ import pytest
 
 from accounts.models import Pool
 from notifications.transfers import transfers_expire
+from poolhub.filestore import Bucket, file_chunks
 from tests.notifications.conftest import Socket, connected, run
 from uploads.models import Upload
 from uploads.staging import staging_used_bytes
-from uploads.storage import upload_file_iter
 
 pytestmark = [pytest.mark.anyio, pytest.mark.django_db(transaction=True)]
 
@@ -61,7 +61,7 @@ def nothing_stored() -> bool:
 
 
 def stored_bytes(upload_id: str) -> bytes:
-    return b"".join(upload_file_iter(upload_id=upload_id))
+    return b"".join(file_chunks(bucket=Bucket.UPLOADS, file_id=upload_id))
 
 
 async def test_a_chunked_upload_is_accepted_and_stored_byte_exact(pool, contributor):

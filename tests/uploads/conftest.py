@@ -10,11 +10,10 @@ from typing import Any
 
 import pytest
 
-from poolhub.filestore import mongo_db
+from poolhub.filestore import Bucket, mongo_db
 from poolhub.redis import redis_client
 from uploads.models import Event, Upload
 from uploads.staging import LEDGER_KEY, PREFIX, staging_used_bytes
-from uploads.storage import UPLOADS_BUCKET
 
 # A recent past time (whole seconds), so its window is open whatever day the tests run.
 WHEN_DT = (datetime.now(UTC) - timedelta(minutes=5)).replace(microsecond=0)
@@ -25,8 +24,8 @@ WHEN = WHEN_DT.strftime("%Y-%m-%dT%H:%M:%SZ")
 def _clean_filestore() -> Iterator[None]:
     yield
     db = mongo_db()
-    db[f"{UPLOADS_BUCKET}.files"].delete_many({})
-    db[f"{UPLOADS_BUCKET}.chunks"].delete_many({})
+    db[f"{Bucket.UPLOADS}.files"].delete_many({})
+    db[f"{Bucket.UPLOADS}.chunks"].delete_many({})
 
 
 def payload(size: int, seed: int = 0) -> bytes:
@@ -62,7 +61,7 @@ def staged_keys() -> list[bytes]:
 
 def gridfs_counts() -> tuple[int, int]:
     db = mongo_db()
-    return (db[f"{UPLOADS_BUCKET}.files"].count_documents({}), db[f"{UPLOADS_BUCKET}.chunks"].count_documents({}))
+    return (db[f"{Bucket.UPLOADS}.files"].count_documents({}), db[f"{Bucket.UPLOADS}.chunks"].count_documents({}))
 
 
 def assert_nothing_left() -> None:

@@ -7,10 +7,10 @@ from datetime import timedelta
 
 import pytest
 
+from poolhub.filestore import Bucket, file_chunks
 from tests.conftest import error_code
 from tests.uploads.conftest import WHEN_DT, assert_nothing_left, named, payload, sha
 from uploads.models import Event, Upload
-from uploads.storage import upload_file_iter
 
 pytestmark = pytest.mark.django_db
 
@@ -38,7 +38,7 @@ def test_batch_is_accepted_whole_and_stored(api, pool, contributor, django_captu
     for upload_body, data in zip(body["uploads"], files.values(), strict=True):
         upload = Upload.objects.get(id=upload_body["id"])
         assert upload.status == "stored"
-        assert b"".join(upload_file_iter(upload_id=upload.id)) == data
+        assert b"".join(file_chunks(bucket=Bucket.UPLOADS, file_id=upload.id)) == data
     # Timestamps 90 minutes apart in a one-hour pool: the items joined different windows.
     assert len({u["group"] for u in body["uploads"]}) >= 2
 

@@ -1,4 +1,5 @@
-"""The ASGI guard: an oversized upload body is refused with 413 before it is read, on a live server."""
+"""The ASGI guard: every endpoint refuses a body over its own limit with 413 before reading it, declared
+or chunked, authenticated or not, on a live server."""
 
 from __future__ import annotations
 
@@ -27,11 +28,12 @@ def small_limit_server(transactional_db) -> Iterator[str]:
         live.stop(process)
 
 
-def raw_post(url: str, path: str, headers: dict[str, str], chunks: Iterator[bytes]) -> tuple[int, dict]:
+def raw_post(url: str, path: str, headers: dict[str, str], chunks: Iterator[bytes],
+             method: str = "POST") -> tuple[int, dict]:
     """Send a request by hand (so the test controls how much body goes out) and read the answer."""
     parts = urlsplit(url)
     with socket.create_connection((parts.hostname, parts.port), timeout=30) as sock:
-        head = f"POST {path} HTTP/1.1\r\nHost: {parts.netloc}\r\n" + "".join(
+        head = f"{method} {path} HTTP/1.1\r\nHost: {parts.netloc}\r\n" + "".join(
             f"{name}: {value}\r\n" for name, value in headers.items()) + "\r\n"
         sock.sendall(head.encode())
         try:
@@ -80,3 +82,56 @@ def test_chunked_oversized_body_is_cut_off(small_limit_server, pool, contributor
     assert body["error"]["code"] == "file_too_large"
     assert Upload.objects.count() == 0
     assert staged_keys() == []
+
+
+GIB_10 = str(10 * 1024 ** 3)
+
+
+def chunked_bytes(total: int, piece: bytes = b"[" * 65536) -> Iterator[bytes]:
+    for _ in range(total // len(piece)):
+        yield f"{len(piece):x}\r\n".encode() + piece + b"\r\n"
+    yield b"0\r\n\r\n"
+
+
+@pytest.mark.parametrize("path", ["/api/v1/auth/login", "/api/v1/auth/signup", "/api/v1/auth/refresh",
+                                  "/api/v1/pools", "/api/v1/no/such/endpoint", "/admin/login/", "/"])
+def test_an_unauthenticated_huge_declared_body_is_refused_at_once(small_limit_server, path):
+    headers = {"Content-Type": "application/json", "Content-Length": GIB_10}
+    status, body = raw_post(small_limit_server, path, headers, iter([]))
+    assert status == 413
+    assert body["error"]["code"] == "request_too_large"
+    assert body["error"]["details"]["max_request_bytes"] < 3 * 1024 * 1024
+
+
+def test_a_chunked_login_body_is_cut_off_after_a_few_kib(small_limit_server):
+    headers = {"Content-Type": "application/json", "Transfer-Encoding": "chunked"}
+    status, body = raw_post(small_limit_server, "/api/v1/auth/login", headers, chunked_bytes(64 * CAP))
+    assert status == 413
+    assert body["error"]["details"]["max_request_bytes"] <= 8192
+
+
+def test_a_result_over_the_servers_limit_is_refused_before_it_is_read(small_limit_server, pool, exporter):
+    token = token_pair_for(user=exporter)["access"]
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "multipart/form-data; boundary=x",
+               "Content-Length": GIB_10}
+    status, body = raw_post(small_limit_server, f"/api/v1/groups/{pool.id}/result", headers, iter([]))
+    assert (status, body["error"]["code"]) == (413, "file_too_large")
+    assert body["error"]["details"]["max_request_bytes"] < 128 * 1024 * 1024
+
+
+def test_a_batch_has_a_sane_cap(small_limit_server, pool, contributor):
+    token = token_pair_for(user=contributor)["access"]
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "multipart/form-data; boundary=x",
+               "Content-Length": str(1024 ** 3)}
+    status, body = raw_post(small_limit_server, f"/api/v1/pools/{pool.id}/batches", headers, iter([]))
+    assert (status, body["error"]["code"]) == (413, "file_too_large")
+
+
+def test_small_bodies_still_reach_their_views(small_limit_server, contributor):
+    import httpx
+
+    from tests.conftest import PASSWORD
+
+    response = httpx.post(f"{small_limit_server}/api/v1/auth/login",
+                          json={"username": contributor.username, "password": PASSWORD})
+    assert response.status_code == 200

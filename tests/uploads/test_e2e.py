@@ -13,14 +13,13 @@ from django.core.management import call_command
 
 from accounts.tokens import token_pair_for
 from celery_app import app
-from poolhub.filestore import GRIDFS_CHUNK_BYTES, mongo_db
+from poolhub.filestore import GRIDFS_CHUNK_BYTES, Bucket, file_chunks, mongo_db
 from tests import live
 from tests.uploads.conftest import WHEN, gridfs_counts, payload, post_upload, sha, staged_keys
 from tests.uploads.test_store_faults import fail_point
 from uploads.models import Event, Upload
 from uploads.projections import projections_rebuild
 from uploads.staging import staging_exists
-from uploads.storage import UPLOADS_BUCKET, upload_file_iter
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -96,14 +95,14 @@ def test_store_down_three_attempts_then_failed_then_redriven(start_worker, api, 
     assert gridfs_counts() == (0, 0)
     call_command("redrive_uploads", upload_id)
     upload = wait_status(upload_id, "stored")
-    assert b"".join(upload_file_iter(upload_id=upload_id)) == data
+    assert b"".join(file_chunks(bucket=Bucket.UPLOADS, file_id=upload_id)) == data
     assert not staging_exists(key=upload.staging_key)
     assert projections_rebuild(fix=False) == []
 
 
 def test_worker_killed_mid_store_leaves_the_file_stored_exactly_once(start_worker, api, pool, contributor):
     data = payload(10 * 1024 * 1024, seed=5)
-    chunks = mongo_db()[f"{UPLOADS_BUCKET}.chunks"]
+    chunks = mongo_db()[f"{Bucket.UPLOADS}.chunks"]
     worker = start_worker()
     # Each GridFS insert now takes 300 ms, so the store is caught with some chunks written.
     fail_point("alwaysOn", failCommands=["insert"], blockConnection=True, blockTimeMS=300)
@@ -123,6 +122,6 @@ def test_worker_killed_mid_store_leaves_the_file_stored_exactly_once(start_worke
     upload = wait_status(upload_id, "stored")
     assert upload.attempts == 2  # the killed try counted
     assert gridfs_counts() == (1, -(-len(data) // GRIDFS_CHUNK_BYTES))
-    assert b"".join(upload_file_iter(upload_id=upload_id)) == data
+    assert b"".join(file_chunks(bucket=Bucket.UPLOADS, file_id=upload_id)) == data
     assert not staging_exists(key=upload.staging_key)
     assert projections_rebuild(fix=False) == []

@@ -7,11 +7,11 @@ import os
 
 import pytest
 
+from poolhub.filestore import Bucket, file_chunks
 from tests.uploads.conftest import WHEN_DT as WHEN
 from uploads.models import Event, Upload
 from uploads.services import StoreOutcome, upload_accept, upload_store
 from uploads.staging import StagingWriter, staging_exists, staging_used_bytes
-from uploads.storage import upload_file_iter
 
 
 def stage(data: bytes, **kwargs):
@@ -31,7 +31,7 @@ def test_accepted_upload_is_stored_byte_exact(pool, contributor, django_capture_
     upload.refresh_from_db()
     assert upload.status == "stored"
     assert upload.attempts == 1
-    assert b"".join(upload_file_iter(upload_id=upload.id)) == data
+    assert b"".join(file_chunks(bucket=Bucket.UPLOADS, file_id=upload.id)) == data
     assert not staging_exists(key=staged.key)
     assert staging_used_bytes() == 0
     assert list(Event.objects.filter(stream_id=upload.id).values_list("type", flat=True)) == [

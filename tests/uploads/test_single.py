@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from poolhub.filestore import Bucket, file_chunks
 from tests.conftest import error_code
 from tests.uploads.conftest import WHEN, assert_nothing_left, payload, post_upload, sha
 from uploads.models import Event, Upload
-from uploads.storage import upload_file_iter
 
 pytestmark = pytest.mark.django_db
 
@@ -25,7 +25,7 @@ def test_upload_is_stored_byte_exact(api, pool, contributor, size, django_captur
     assert body["timestamp"] == WHEN
     upload = Upload.objects.get(id=body["id"])
     assert upload.status == "stored"
-    assert b"".join(upload_file_iter(upload_id=upload.id)) == data
+    assert b"".join(file_chunks(bucket=Bucket.UPLOADS, file_id=upload.id)) == data
     types = list(Event.objects.filter(stream_id=upload.id).values_list("type", flat=True))
     assert types == ["upload.cached", "upload.storing", "upload.stored"]
 

@@ -10,13 +10,12 @@ import pymongo
 import pytest
 from django.core.management import call_command
 
-from poolhub.filestore import mongo_db
+from poolhub.filestore import Bucket, file_chunks, file_write, mongo_db
 from poolhub.redis import redis_client
 from tests.uploads.conftest import gridfs_counts, payload, post_upload, staged_keys
 from uploads.models import Event, Upload
 from uploads.services import StoreOutcome, _attempt_begin, upload_store
 from uploads.staging import staging_exists, staging_used_bytes
-from uploads.storage import UPLOADS_BUCKET, upload_file_iter, upload_file_write
 from uploads.tasks import store_upload
 
 pytestmark = pytest.mark.django_db
@@ -88,7 +87,7 @@ def test_failed_upload_is_redriven_to_stored_once_the_store_is_back(
     assert upload.status == "stored"
     assert upload.attempts == 1
     assert event_types(upload)[-3:] == ["upload.redriven", "upload.storing", "upload.stored"]
-    assert b"".join(upload_file_iter(upload_id=upload.id)) == data
+    assert b"".join(file_chunks(bucket=Bucket.UPLOADS, file_id=upload.id)) == data
     assert staged_keys() == []
     assert staging_used_bytes() == 0
     assert gridfs_counts()[0] == 1
@@ -105,7 +104,7 @@ def test_a_transient_failure_is_retried_to_stored(api, pool, contributor, django
     assert upload.status == "stored"
     assert upload.attempts == 3
     assert event_types(upload).count("upload.store_failed") == 2
-    assert b"".join(upload_file_iter(upload_id=upload.id)) == data
+    assert b"".join(file_chunks(bucket=Bucket.UPLOADS, file_id=upload.id)) == data
 
 
 def test_orphan_chunks_of_an_interrupted_try_are_removed_first(
@@ -113,10 +112,10 @@ def test_orphan_chunks_of_an_interrupted_try_are_removed_first(
     data = payload(600 * 1024, seed=4)
     response = post_upload(api(contributor), pool, data)  # accepted, store task not run yet
     upload = Upload.objects.get(id=response.json()["id"])
-    chunks = mongo_db()[f"{UPLOADS_BUCKET}.chunks"]
+    chunks = mongo_db()[f"{Bucket.UPLOADS}.chunks"]
     chunks.insert_many([{"files_id": str(upload.id), "n": n, "data": b"garbage" * 100} for n in range(5)])
     assert upload_store(upload_id=upload.id).outcome is StoreOutcome.STORED
-    assert b"".join(upload_file_iter(upload_id=upload.id)) == data
+    assert b"".join(file_chunks(bucket=Bucket.UPLOADS, file_id=upload.id)) == data
     assert chunks.count_documents({"data": b"garbage" * 100}) == 0
 
 
@@ -147,7 +146,7 @@ def test_a_lost_last_attempt_that_wrote_the_file_is_stored(api, pool, contributo
     upload = Upload.objects.get(id=post_upload(api(contributor), pool, data).json()["id"])
     for _ in range(3):
         _attempt_begin(upload_id=upload.id)  # three tries counted; the last one wrote the file and died
-    upload_file_write(upload_id=upload.id, filename="x", chunks=[data], metadata={})
+    file_write(bucket=Bucket.UPLOADS, file_id=upload.id, filename="x", chunks=[data], metadata={})
     with django_capture_on_commit_callbacks(execute=True):
         assert upload_store(upload_id=upload.id).outcome is StoreOutcome.STORED
     upload.refresh_from_db()

@@ -9,30 +9,27 @@ refusal drops every byte staged for the request.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, cast
 from uuid import UUID
 
-import gridfs
-import pymongo.errors
 import redis
-from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig, SuspiciousOperation, TooManyFieldsSent, TooManyFilesSent
-from django.core.handlers.asgi import ASGIRequest
 from django.core.serializers.json import DjangoJSONEncoder
-from django.http import StreamingHttpResponse
-from django.utils.http import content_disposition_header
+from django.http import HttpResponseBase
 from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.throttling import ScopedRateThrottle
 from rest_framework.views import APIView
 
-from accounts.models import Pool, Role, User
+from accounts.models import WRITER_ROLES, Pool, User
 from accounts.selectors import pool_access
+from poolhub.downloads import ranged_download
 from poolhub.errors import ApiError, BadRequest, Unavailable
+from poolhub.filestore import FileStoreError
 from poolhub.throttling import process_cache
 from uploads import selectors
 from uploads.api.handlers import StagedUpload, StagingUploadHandler
@@ -41,8 +38,6 @@ from uploads.checks import REFUSED_BY_DEFAULT, checksum_check, max_bytes_for, sh
 from uploads.idempotency import Outcome, fingerprint_of, idempotency_key_parse, idempotent
 from uploads.services import BatchItem, batch_refused, upload_accept, upload_batch_accept
 from uploads.staging import StagingMissing
-
-WRITERS = (Role.CONTRIBUTOR, Role.MANAGER)
 
 
 class UploadRateThrottle(ScopedRateThrottle):
@@ -207,7 +202,7 @@ class PoolUploadCreateApi(APIView):
     throttle_scope = "uploads"
 
     def post(self, request: Request, pool_id: UUID) -> Response:
-        pool = pool_access(user=_user(request), pool_id=pool_id, roles=WRITERS)
+        pool = pool_access(user=_user(request), pool_id=pool_id, roles=WRITER_ROLES)
         return _upload_response(request, pool=pool, endpoint="upload", accept=_accept_single)
 
 
@@ -216,7 +211,7 @@ class PoolBatchCreateApi(APIView):
     throttle_scope = "uploads"
 
     def post(self, request: Request, pool_id: UUID) -> Response:
-        pool = pool_access(user=_user(request), pool_id=pool_id, roles=WRITERS)
+        pool = pool_access(user=_user(request), pool_id=pool_id, roles=WRITER_ROLES)
         return _upload_response(request, pool=pool, endpoint="batch", accept=_accept_batch)
 
 
@@ -237,40 +232,23 @@ class UploadDetailApi(APIView):
         return Response(UploadDetailOutput(upload, context={"events": events}).data)
 
 
-STORE_ERRORS = (pymongo.errors.PyMongoError, redis.RedisError, gridfs.errors.NoFile, StagingMissing)
-
-
-async def _async_chunks(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
-    """Feed a blocking chunk iterator to the ASGI server one chunk at a time (never list() it)."""
-    def next_chunk() -> bytes | None:
-        return next(chunks, None)
-
-    pull = sync_to_async(next_chunk, thread_sensitive=False)
-    while True:
-        chunk = await pull()
-        if chunk is None:
-            return
-        yield chunk
+STORE_ERRORS = (FileStoreError, redis.RedisError, StagingMissing)
 
 
 class UploadContentApi(APIView):
-    def get(self, request: Request, upload_id: UUID) -> StreamingHttpResponse:
+    def get(self, request: Request, upload_id: UUID) -> HttpResponseBase:
         upload = selectors.upload_get(user=_user(request), upload_id=upload_id)
-        try:
-            chunks = selectors.upload_content(upload=upload)
-        except STORE_ERRORS as exc:
-            raise Unavailable("the file store is unavailable; try again later") from exc
-        content: Iterator[bytes] | AsyncIterator[bytes] = chunks
-        if isinstance(request._request, ASGIRequest):
-            content = _async_chunks(chunks)
+
+        def read(start: int, stop: int) -> Iterator[bytes]:
+            try:
+                return selectors.upload_content(upload=upload, start=start, end=stop)
+            except STORE_ERRORS as exc:
+                raise Unavailable("the file store is unavailable; try again later") from exc
+
         content_type = upload.content_type
         if content_type in REFUSED_BY_DEFAULT or not content_type:
             content_type = "application/octet-stream"
-        response = StreamingHttpResponse(content, content_type=content_type)
-        response["Content-Length"] = str(upload.size)
-        response["Content-Disposition"] = content_disposition_header(as_attachment=True, filename=upload.filename)
-        response["X-Content-Type-Options"] = "nosniff"
-        response["Content-Security-Policy"] = "default-src 'none'; sandbox"
-        response["Cache-Control"] = "private, no-store"
-        response["X-Upload-Sha256"] = upload.sha256
-        return response
+        # The upload's sha256 is its bytes' strong validator, staged or stored.
+        return ranged_download(request=request, length=upload.size, etag=upload.sha256, read=read,
+                               filename=upload.filename, content_type=content_type,
+                               headers={"X-Upload-Sha256": upload.sha256})

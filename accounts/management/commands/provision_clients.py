@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import os
 from typing import Any, TextIO
 
@@ -10,7 +9,8 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import transaction
 
 from accounts.models import Pool, Role
-from accounts.services import clients_provision
+from accounts.services import members_csv_write, pool_members_provision
+from poolhub.errors import ApiError
 
 
 class Command(BaseCommand):
@@ -33,21 +33,19 @@ class Command(BaseCommand):
                 pool = None
         if pool is None:
             raise CommandError(f"no pool named {options['pool']!r}")
-        if options["count"] < 1:
-            raise CommandError("--count must be at least 1")
         handle = self._open_private(options["out"], overwrite=options["overwrite"])
         # The file is open before any account exists, and the accounts are committed only once
         # their passwords are on disk: no account is ever created whose password nobody has.
         with handle, transaction.atomic():
-            credentials = clients_provision(pool=pool, count=options["count"], prefix=options["prefix"],
-                                            role=options["role"])
-            writer = csv.writer(handle)
-            writer.writerow(["username", "password", "pool", "role"])
-            for username, password in credentials:
-                writer.writerow([username, password, str(pool.id), options["role"]])
+            try:
+                members = pool_members_provision(pool=pool, count=options["count"], prefix=options["prefix"],
+                                                 role=options["role"])
+            except ApiError as exc:
+                raise CommandError(exc.message) from exc
+            members_csv_write(handle, members=members, pool=pool)
             handle.flush()
             os.fsync(handle.fileno())
-        self.stdout.write(f"provisioned {len(credentials)} {options['role']} account(s) in {pool.name}; "
+        self.stdout.write(f"provisioned {len(members)} {options['role']} account(s) in {pool.name}; "
                           f"credentials in {options['out']}")
 
     @staticmethod

@@ -25,6 +25,7 @@ import httpx
 from poolhub_client.errors import PoolhubError, error_from_response
 
 API_PREFIX = "/api/v1"
+DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
 CHUNK = 256 * 1024
 AUTH_RETRY_CODES = frozenset({"invalid_token"})
 
@@ -78,12 +79,19 @@ class ClientSettings:
     """What the sync and async clients share: where, which tokens, how patiently to retry."""
 
     def __init__(self, base_url: str, *, tokens: Tokens | None, token_state: TokenState | None, on_tokens: Any,
-                 max_retries: int, max_retry_wait: float, refresh_early: bool) -> None:
+                 max_retries: int, max_retry_wait: float, refresh_early: bool, tus_threshold: int | None) -> None:
         self.base_url = base_url.rstrip("/")
         self.refresh_early = refresh_early  # refresh a few seconds before expiry rather than after a 401
         self.state = token_state or TokenState(tokens=tokens, on_change=on_tokens)
         self.max_retries = max_retries
         self.max_retry_wait = max_retry_wait
+        # Files above this many bytes go over the resumable (tus) endpoint; POOLHUB_TUS_THRESHOLD sets the default.
+        self.tus_threshold = tus_threshold if tus_threshold is not None else tus_threshold_default()
+
+    def use_tus(self, file: FileInput) -> bool:
+        """Whether `file` is large enough for a resumable upload (an unknown size never is)."""
+        size = file_size(file)
+        return size is not None and size > self.tus_threshold
 
     @property
     def tokens(self) -> Tokens | None:
@@ -100,6 +108,23 @@ class ClientSettings:
         if attempt > self.max_retries or (error.retry_after or 0) > self.max_retry_wait:
             raise error
         return backoff_delay(attempt, retry_after=error.retry_after)
+
+
+TUS_THRESHOLD_DEFAULT = 8 * 1024 * 1024
+
+
+def tus_threshold_default() -> int:
+    raw = os.environ.get("POOLHUB_TUS_THRESHOLD", "")
+    return int(raw) if raw.isdigit() else TUS_THRESHOLD_DEFAULT
+
+
+def file_size(file: FileInput) -> int | None:
+    """The size of a path or bytes without reading it; None for a file object."""
+    if isinstance(file, bytes):
+        return len(file)
+    if isinstance(file, str | os.PathLike):
+        return Path(file).stat().st_size
+    return None
 
 
 def api_url(base_url: str, path: str) -> str:
@@ -207,6 +232,16 @@ class FileSource:
                 raise PoolhubError(f"{self.filename} got shorter while it was being sent", code="file_changed")
             remaining -= len(chunk)
             yield chunk
+
+    def read_at(self, offset: int, size: int) -> bytes:
+        """Up to `size` bytes from `offset` (a resumable upload sends the file in such pieces)."""
+        if self._path is not None:
+            with self._path.open("rb") as handle:
+                handle.seek(offset)
+                return handle.read(min(size, self.size - offset))
+        assert self._fileobj is not None
+        self._fileobj.seek(self._start + offset)
+        return self._fileobj.read(min(size, self.size - offset))
 
     def sha256(self) -> str:
         digest = hashlib.sha256()

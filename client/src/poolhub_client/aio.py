@@ -6,32 +6,31 @@ import asyncio
 import json
 import logging
 import os
-import uuid
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import httpx
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
-from poolhub_client import _core
+from poolhub_client import _core, flows
 from poolhub_client._core import (
     AUTH_RETRY_CODES,
+    DEFAULT_TIMEOUT,
     BatchItem,
-    Download,
     FileInput,
-    FileSource,
-    MultipartBody,
     ProgressCallback,
     Tokens,
     TokenState,
 )
-from poolhub_client.client import DEFAULT_TIMEOUT, _page, _results, upload_filters
-from poolhub_client.errors import RETRYABLE_STATUS, AuthError, PoolhubError, TransportError
+from poolhub_client.errors import AuthError, PoolhubError, TransportError
+from poolhub_client.flows import Call, Flow
 from poolhub_client.types import Batch, Group, Lease, Member, Page, Pool, Result, Session, Upload, User
+
+T = TypeVar("T")
 
 log = logging.getLogger("poolhub_client")
 
@@ -49,14 +48,18 @@ async def _aiter(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
 
 
 class AsyncPoolhubClient(_core.ClientSettings):
-    """The asyncio twin of PoolhubClient: same methods, awaited, plus `listen()`."""
+    """The asyncio twin of PoolhubClient: same methods, awaited, plus `listen()`.
+
+    Both drive the operations of `poolhub_client.flows`; this one awaits each step.
+    """
 
     def __init__(self, base_url: str, *, tokens: Tokens | None = None, token_state: TokenState | None = None,
                  on_tokens: Any = None, timeout: httpx.Timeout | float = DEFAULT_TIMEOUT, max_retries: int = 4,
                  max_retry_wait: float = 120.0, transport: httpx.AsyncBaseTransport | None = None,
-                 verify: bool = True, refresh_early: bool = True) -> None:
+                 verify: bool = True, refresh_early: bool = True, tus_threshold: int | None = None) -> None:
         super().__init__(base_url, tokens=tokens, token_state=token_state, on_tokens=on_tokens,
-                         max_retries=max_retries, max_retry_wait=max_retry_wait, refresh_early=refresh_early)
+                         max_retries=max_retries, max_retry_wait=max_retry_wait, refresh_early=refresh_early,
+                         tus_threshold=tus_threshold)
         self._http = httpx.AsyncClient(timeout=timeout, transport=transport, verify=verify)
         self._refresh_lock = asyncio.Lock()
 
@@ -69,236 +72,195 @@ class AsyncPoolhubClient(_core.ClientSettings):
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
-    async def _wait_or_raise(self, attempt: int, error: PoolhubError) -> None:
-        await asyncio.sleep(self._retry_delay(attempt, error))
+    async def _drive(self, flow: Flow[T]) -> T:
+        """Run a flow, awaiting each step it asks for; a step's error is raised in the flow."""
+        answer: Any = None
+        error: BaseException | None = None
+        try:
+            while True:
+                try:
+                    step = flow.throw(error) if error is not None else flow.send(answer)
+                except StopIteration as done:
+                    return cast(T, done.value)
+                answer, error = None, None
+                try:
+                    answer = await self._do(step)
+                except Exception as exc:
+                    error = exc
+        finally:
+            flow.close()
 
-    async def _send(self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None,
-                    body: MultipartBody | None = None, headers: dict[str, str] | None = None, auth: bool = True,
-                    stream: bool = False, progress: ProgressCallback | None = None) -> httpx.Response:
-        repeatable = method == "GET" or bool(headers and "Idempotency-Key" in headers)
-        refreshed = False
-        attempt = 0
-        while True:
-            attempt += 1
-            if auth and self.refresh_early and self.state.needs_refresh():
-                await self.refresh(if_generation=self.state.generation)
-            request_headers = self._headers(auth, headers)
-            content = None
-            if body is not None:
-                request_headers["Content-Type"] = body.content_type
-                request_headers["Content-Length"] = str(len(body))
-                content = _aiter(body.iter_chunks(progress))
-            request = self._http.build_request(method, _core.api_url(self.base_url, path), json=json,
-                                               params=params, content=content, headers=request_headers)
-            try:
-                response = await self._http.send(request, stream=stream)
-            except httpx.TransportError as exc:
-                unreachable = TransportError(f"cannot reach {self.base_url}: {exc.__class__.__name__} {exc}")
-                if not repeatable:
-                    raise unreachable from exc
-                await self._wait_or_raise(attempt, unreachable)
-                continue
-            if response.status_code < 400:
-                return response
-            await response.aread()
-            await response.aclose()
-            error = _core.response_error(response)
-            if (response.status_code == 401 and auth and error.code in AUTH_RETRY_CODES and not refreshed
-                    and self.state.tokens is not None and self.state.tokens.refresh):
-                refreshed = True
-                await self.refresh(if_generation=self.state.generation)
-                continue
-            if response.status_code in RETRYABLE_STATUS:
-                await self._wait_or_raise(attempt, error)
-                continue
-            raise error
+    async def _do(self, step: flows.Step) -> Any:
+        if isinstance(step, flows.Send):
+            return await self._send(step)
+        if isinstance(step, flows.Sleep):
+            await asyncio.sleep(step.seconds)
+        elif isinstance(step, flows.Refresh):
+            await self.refresh(if_generation=step.generation)
+        elif isinstance(step, flows.Discard):
+            await step.response.aread()
+            await step.response.aclose()
+        elif isinstance(step, flows.Pump):
+            return await self._pump(step)
+        else:
+            return await asyncio.to_thread(step.fn)
+        return None
 
-    async def _json(self, method: str, path: str, **kwargs: Any) -> Any:
-        return _core.json_or_none(await self._send(method, path, **kwargs))
+    async def _send(self, step: flows.Send) -> httpx.Response | httpx.TransportError:
+        call = step.call
+        content: Any = call.raw
+        headers = dict(step.headers)
+        if call.body is not None:
+            headers["Content-Type"] = call.body.content_type
+            headers["Content-Length"] = str(len(call.body))
+            content = _aiter(call.body.iter_chunks(call.progress))
+        request = self._http.build_request(call.method, step.url, json=call.json, params=call.params,
+                                           content=content, headers=headers)
+        try:
+            return await self._http.send(request, stream=call.stream)
+        except httpx.TransportError as exc:
+            return exc
+
+    async def _pump(self, step: flows.Pump) -> httpx.TransportError | None:
+        try:
+            async for chunk in step.response.aiter_bytes(_core.CHUNK):
+                await asyncio.to_thread(step.download.write, chunk)
+        except httpx.TransportError as exc:
+            return exc
+        except BaseException:
+            step.download.abort()
+            raise
+        finally:
+            await step.response.aclose()
+        return None
+
+    async def _json(self, call: Call) -> Any:
+        return await self._drive(flows.json_call(self, call))
 
     # -- authentication ---------------------------------------------------------------------
 
-    def _store_login(self, body: dict[str, Any]) -> User:
-        self.state.set(Tokens(access=body["access"], refresh=body.get("refresh"), user=body.get("user")))
-        return cast(User, body["user"])
-
     async def signup(self, username: str, password: str) -> User:
-        body = await self._json("POST", "/auth/signup", json={"username": username, "password": password},
-                                auth=False)
-        return self._store_login(body)
+        return await self._drive(flows.login(self, "/auth/signup", username, password))
 
     async def login(self, username: str, password: str) -> User:
-        body = await self._json("POST", "/auth/login", json={"username": username, "password": password},
-                                auth=False)
-        return self._store_login(body)
+        return await self._drive(flows.login(self, "/auth/login", username, password))
 
     async def refresh(self, *, if_generation: int | None = None) -> None:
         async with self._refresh_lock:
-            if if_generation is not None and self.state.generation != if_generation:
-                return
-            tokens = self.state.tokens
-            if tokens is None or not tokens.refresh:
-                raise AuthError("not logged in", code="not_authenticated")
-            generation = self.state.generation
-            try:
-                body = await self._json("POST", "/auth/refresh", json={"refresh": tokens.refresh}, auth=False)
-            except AuthError:
-                if self.state.generation != generation:
-                    return  # a sync twin in another thread rotated the pair meanwhile
-                raise
-            self.state.set(Tokens(access=body["access"], refresh=body.get("refresh") or tokens.refresh,
-                                  user=tokens.user))
+            await self._drive(flows.refresh(self, if_generation))
 
     async def logout(self) -> None:
-        tokens = self.state.tokens
-        if tokens is None:
-            return
-        await self._send("POST", "/auth/logout", json={"refresh": tokens.refresh or ""})
-        self.state.set(None)
+        await self._drive(flows.logout(self))
 
     async def validate(self) -> Session:
-        return cast(Session, await self._json("GET", "/auth/validate"))
+        return cast(Session, await self._json(flows.validate()))
 
     # -- pools and members -------------------------------------------------------------------
 
     async def create_pool(self, name: str, **fields: Any) -> Pool:
-        return cast(Pool, await self._json("POST", "/pools", json={"name": name, **fields}))
+        return cast(Pool, await self._json(flows.create_pool(name, fields)))
 
     async def list_pools(self) -> list[Pool]:
-        return cast(list[Pool], _results(await self._json("GET", "/pools")))
+        return cast(list[Pool], flows.results(await self._json(flows.list_pools())))
 
     async def get_pool(self, pool: str) -> Pool:
-        return cast(Pool, await self._json("GET", f"/pools/{pool}"))
+        return cast(Pool, await self._json(flows.get_pool(pool)))
 
     async def update_pool(self, pool: str, **fields: Any) -> Pool:
-        return cast(Pool, await self._json("PATCH", f"/pools/{pool}", json=fields))
+        return cast(Pool, await self._json(flows.update_pool(pool, fields)))
 
     async def members(self, pool: str) -> list[Member]:
-        return cast(list[Member], _results(await self._json("GET", f"/pools/{pool}/members")))
+        return cast(list[Member], flows.results(await self._json(flows.members(pool))))
 
     async def add_member(self, pool: str, username: str, role: str) -> Member:
-        return cast(Member, await self._json("POST", f"/pools/{pool}/members",
-                                             json={"username": username, "role": role}))
+        return cast(Member, await self._json(flows.add_member(pool, username, role)))
 
     async def remove_member(self, pool: str, username: str) -> None:
-        await self._send("DELETE", f"/pools/{pool}/members/{username}")
+        await self._json(flows.remove_member(pool, username))
+
+    async def provision(self, pool: str, count: int, *, prefix: str = "device", role: str = "contributor",
+                        idempotency_key: str | None = None) -> list[dict[str, Any]]:
+        body = await self._json(flows.provision(pool, count, prefix, role, idempotency_key))
+        return list(body["members"])
+
+    async def usage(self, pool: str) -> dict[str, Any]:
+        return cast(dict[str, Any], await self._json(flows.usage(pool)))
 
     # -- uploads -----------------------------------------------------------------------------
 
     async def upload(self, pool: str, file: FileInput, *, timestamp: datetime | str | None = None,
                      filename: str | None = None, sha256: str | None = None, idempotency_key: str | None = None,
-                     progress: ProgressCallback | None = None) -> Upload:
-        source = await asyncio.to_thread(FileSource, file, filename)
-        try:
-            body = _core.single_upload_body(source, _core.iso(timestamp), sha256)
-            headers = {"Idempotency-Key": idempotency_key or str(uuid.uuid4())}
-            return cast(Upload, await self._json("POST", f"/pools/{pool}/uploads", body=body, headers=headers,
-                                                 progress=progress))
-        finally:
-            source.close()
+                     progress: ProgressCallback | None = None, tus: flows.TusState | None = None) -> Upload:
+        if tus is not None or self.use_tus(file):
+            return await self._drive(flows.tus_upload(self, pool, file, timestamp=timestamp, filename=filename,
+                                                      sha256=sha256, progress=progress, state=tus))
+        return await self._drive(flows.upload(self, pool, file, timestamp=timestamp, filename=filename,
+                                              sha256=sha256, idempotency_key=idempotency_key, progress=progress))
 
     async def upload_batch(self, pool: str, items: list[BatchItem], *, idempotency_key: str | None = None,
                            progress: ProgressCallback | None = None) -> Batch:
-        body, sources = await asyncio.to_thread(_core.batch_body, items)
-        try:
-            headers = {"Idempotency-Key": idempotency_key or str(uuid.uuid4())}
-            return cast(Batch, await self._json("POST", f"/pools/{pool}/batches", body=body, headers=headers,
-                                                progress=progress))
-        finally:
-            for source in sources:
-                source.close()
+        return await self._drive(flows.upload_batch(self, pool, items, idempotency_key=idempotency_key,
+                                                    progress=progress))
 
     async def uploads(self, *, pool: str | None = None, user: str | None = None, status: str | None = None,
                       group: str | None = None, limit: int | None = None, offset: int | None = None) -> Page:
-        return _page(await self._json("GET", "/uploads",
-                                      params=upload_filters(pool, user, status, group, limit, offset)))
+        return flows.page(await self._json(flows.uploads(pool, user, status, group, limit, offset)))
 
     async def iter_uploads(self, *, pool: str | None = None, user: str | None = None, status: str | None = None,
                            group: str | None = None, page_size: int = 100) -> AsyncIterator[Upload]:
-        offset = 0
-        while True:
-            page = await self.uploads(pool=pool, user=user, status=status, group=group, limit=page_size,
-                                      offset=offset)
-            for upload in page["results"]:
+        offset: int | None = 0
+        while offset is not None:
+            current = await self.uploads(pool=pool, user=user, status=status, group=group, limit=page_size,
+                                         offset=offset)
+            for upload in current["results"]:
                 yield upload
-            offset += len(page["results"])
-            if not page["next"] or not page["results"]:
-                return
+            offset = flows.next_offset(current, offset)
 
     async def get_upload(self, upload_id: str) -> Upload:
-        return cast(Upload, await self._json("GET", f"/uploads/{upload_id}"))
+        return cast(Upload, await self._json(flows.get_upload(upload_id)))
 
     async def download_upload(self, upload_id: str, dest: str | os.PathLike[str], *,
                               progress: ProgressCallback | None = None) -> Path:
-        return await self._download(f"/uploads/{upload_id}/content", dest, fallback=f"{upload_id}.bin",
-                                    progress=progress)
+        return await self._drive(flows.download(self, f"/uploads/{upload_id}/content", dest,
+                                                fallback=f"{upload_id}.bin", progress=progress))
 
     # -- groups, export, results -------------------------------------------------------------
 
     async def groups(self, pool: str, *, status: str | None = None) -> list[Group]:
-        params = {"status": status} if status else None
-        return cast(list[Group], _results(await self._json("GET", f"/pools/{pool}/groups", params=params)))
+        return cast(list[Group], flows.results(await self._json(flows.groups(pool, status))))
 
     async def get_group(self, group_id: str) -> Group:
-        return cast(Group, await self._json("GET", f"/groups/{group_id}"))
+        return cast(Group, await self._json(flows.get_group(group_id)))
 
     async def close_group(self, group_id: str) -> Group:
-        return cast(Group, await self._json("POST", f"/groups/{group_id}/close"))
+        return cast(Group, await self._json(flows.close_group(group_id)))
 
     async def claim_group(self, group_id: str) -> Lease:
-        return cast(Lease, await self._json("POST", f"/groups/{group_id}/claim"))
+        return cast(Lease, await self._json(flows.claim_group(group_id)))
 
     async def download_archive(self, group_id: str, lease_id: str, dest: str | os.PathLike[str], *,
                                progress: ProgressCallback | None = None) -> Path:
-        return await self._download(f"/groups/{group_id}/archive", dest, fallback=f"group-{group_id}.archive",
-                                    params={"lease": lease_id}, progress=progress)
+        return await self._drive(flows.download(self, f"/groups/{group_id}/archive", dest,
+                                                fallback=f"group-{group_id}.archive", params={"lease": lease_id},
+                                                progress=progress))
 
     async def post_result(self, group_id: str, lease_id: str, file: FileInput, *, filename: str | None = None,
                           progress: ProgressCallback | None = None) -> Result:
-        source = await asyncio.to_thread(FileSource, file, filename or "result.bin")
-        try:
-            body = _core.result_body(source, lease_id)
-            return cast(Result, await self._json("POST", f"/groups/{group_id}/result", body=body,
-                                                 progress=progress))
-        finally:
-            source.close()
+        return await self._drive(flows.post_result(self, group_id, lease_id, file, filename=filename,
+                                                   progress=progress))
 
     async def latest_result(self, pool: str) -> Result:
-        return cast(Result, await self._json("GET", f"/pools/{pool}/results/latest"))
+        return cast(Result, await self._json(flows.latest_result(pool)))
 
     async def download_result(self, result_id: str, dest: str | os.PathLike[str], *, sha256: str | None = None,
                               progress: ProgressCallback | None = None) -> Path:
-        return await self._download(f"/results/{result_id}/content", dest, fallback=f"result-{result_id}.bin",
-                                    sha256=sha256, progress=progress)
+        return await self._drive(flows.download(self, f"/results/{result_id}/content", dest,
+                                                fallback=f"result-{result_id}.bin", sha256=sha256,
+                                                progress=progress))
 
     async def download_latest_result(self, pool: str, dest: str | os.PathLike[str], *,
                                      progress: ProgressCallback | None = None) -> tuple[Result, Path]:
-        result = await self.latest_result(pool)
-        path = await self.download_result(result["id"], dest, sha256=result.get("sha256"), progress=progress)
-        return result, path
-
-    async def _download(self, path: str, dest: str | os.PathLike[str], *, fallback: str,
-                        params: dict[str, Any] | None = None, sha256: str | None = None,
-                        progress: ProgressCallback | None = None) -> Path:
-        attempt = 0
-        while True:
-            attempt += 1
-            response = await self._send("GET", path, params=params, stream=True)
-            target = _core.download_target(dest, response, fallback)
-            download = Download(target, sha256, _core.content_length(response), progress)
-            try:
-                async for chunk in response.aiter_bytes(_core.CHUNK):
-                    await asyncio.to_thread(download.write, chunk)
-            except httpx.TransportError as exc:
-                download.abort()
-                await self._wait_or_raise(attempt, TransportError(f"download of {target.name} broke off: {exc}"))
-                continue
-            except BaseException:
-                download.abort()
-                raise
-            finally:
-                await response.aclose()
-            return download.finish()
+        return await self._drive(flows.download_latest_result(self, pool, dest, progress=progress))
 
     # -- notifications -----------------------------------------------------------------------
 

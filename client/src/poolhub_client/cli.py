@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import csv
 import getpass
 import json
 import logging
@@ -25,6 +26,7 @@ from poolhub_client.aio import AsyncPoolhubClient
 from poolhub_client.client import PoolhubClient
 from poolhub_client.errors import AuthError, PoolhubError, TransportError, ValidationError
 from poolhub_client.exporter import Exporter
+from poolhub_client.flows import TusState
 from poolhub_client.outbox import Outbox
 from poolhub_client.progress import ProgressBar, human
 from poolhub_client.simulate import SimulationConfig, simulate
@@ -145,12 +147,73 @@ def cmd_upload(ctx: Context, args: argparse.Namespace) -> int:
             uploads = []
             for path in files:
                 bar = ctx.bar(path.name)
-                uploads.append(client.upload(pool, path, timestamp=args.timestamp, progress=bar))
+                resumable = ResumableUploads(ctx.directory, pool, path) if args.tus or client.use_tus(path) else None
+                uploads.append(client.upload(pool, path, timestamp=args.timestamp, progress=bar,
+                                             tus=resumable.state if resumable else None))
+                if resumable:
+                    resumable.forget()
                 if bar:
                     bar.finish()
     for upload in uploads:
         _out(f"{upload['id']}  {upload.get('filename')}  {human(upload.get('size', 0))}  {upload.get('status')}  "
              f"group {upload.get('group')}")
+    return 0
+
+
+class ResumableUploads:
+    """The tus URL of a large upload in progress, kept in the config dir so that a second run of
+    `poolhub upload` on the same file (same pool, path, size and mtime) goes on where the first stopped."""
+
+    def __init__(self, directory: Path, pool: str, path: Path) -> None:
+        stat = path.stat()
+        self.file = directory / "resumable-uploads.json"
+        self.key = f"{pool} {path.resolve()} {stat.st_size} {stat.st_mtime_ns}"
+        self.state = TusState(location=self._read().get(self.key), on_location=self._keep)
+
+    def _read(self) -> dict[str, str]:
+        try:
+            return dict(json.loads(self.file.read_text()))
+        except (OSError, ValueError):
+            return {}
+
+    def _write(self, urls: dict[str, str]) -> None:
+        self.file.parent.mkdir(parents=True, exist_ok=True)
+        partial = self.file.with_suffix(".tmp")
+        partial.write_text(json.dumps(urls, indent=1))
+        os.replace(partial, self.file)
+
+    def _keep(self, url: str) -> None:
+        self._write({**self._read(), self.key: url})
+
+    def forget(self) -> None:
+        urls = self._read()
+        if urls.pop(self.key, None) is not None:
+            self._write(urls)
+
+
+def cmd_provision(ctx: Context, args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    try:  # the file first: the passwords exist only in the server's answer, so there must be a place for them
+        handle = os.fdopen(os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w", newline="")
+    except FileExistsError as exc:
+        raise UsageError(f"{out} exists: passwords are shown once, so choose a new file") from exc
+    except OSError as exc:
+        raise UsageError(f"cannot create {out}: {exc.strerror}") from exc
+    try:
+        with ctx.client() as client:
+            pool = _pool_id(client, args.pool)
+            members = client.provision(pool, args.count, prefix=args.prefix, role=args.role)
+        writer = csv.writer(handle)
+        writer.writerow(["username", "password", "role", "pool", "url"])
+        for member in members:
+            writer.writerow([member["username"], member["password"], member["role"], pool, ctx.url])
+        handle.close()
+    except BaseException:
+        handle.close()
+        out.unlink(missing_ok=True)
+        raise
+    _out(f"{len(members)} account(s) with role {args.role} in pool {pool}; credentials in {out} "
+         "(mode 0600: the only copy of the passwords)")
     return 0
 
 
@@ -315,7 +378,17 @@ def build_parser() -> argparse.ArgumentParser:
     upload.add_argument("--pool", required=True, help="pool id or name")
     upload.add_argument("--timestamp", help="when the files were produced (ISO-8601; default now)")
     upload.add_argument("--batch", action="store_true", help="send all files as one batch")
+    upload.add_argument("--tus", action="store_true", help="resumable upload whatever the size (default: files "
+                        "above $POOLHUB_TUS_THRESHOLD bytes, 8 MiB); a second run on the same file resumes it")
     upload.add_argument("files", nargs="+")
+
+    provision = command("provision", cmd_provision, "create device accounts in a pool and write their credentials "
+                        "to a CSV file (the only copy of the passwords)")
+    provision.add_argument("--pool", required=True, help="pool id or name")
+    provision.add_argument("--count", type=int, required=True, help="how many accounts (1 to 1000)")
+    provision.add_argument("--prefix", default="device", help="username prefix (default: device)")
+    provision.add_argument("--role", default="contributor", choices=["contributor", "listener", "exporter", "manager"])
+    provision.add_argument("--out", required=True, help="CSV file to create (refused if it exists)")
 
     for name, handler, text in (("queue", cmd_queue, "queue files in the offline outbox (works without a server)"),
                                 ("flush", cmd_flush, "send the outbox as batches; safe to interrupt and re-run")):

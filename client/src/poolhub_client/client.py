@@ -1,39 +1,26 @@
-"""The synchronous client: `PoolhubClient(url).login(username, password)`, then call the contract."""
+"""The synchronous client: `PoolhubClient(url).login(username, password)`, then call the contract.
+
+Every operation lives once in `poolhub_client.flows`; this class only drives flows with blocking
+calls (`_drive`). `AsyncPoolhubClient` drives the same flows with awaits.
+"""
 
 from __future__ import annotations
 
 import os
 import time
-import uuid
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import httpx
 
-from poolhub_client import _core
-from poolhub_client._core import (
-    AUTH_RETRY_CODES,
-    BatchItem,
-    Download,
-    FileInput,
-    FileSource,
-    MultipartBody,
-    ProgressCallback,
-    Tokens,
-    TokenState,
-)
-from poolhub_client.errors import RETRYABLE_STATUS, AuthError, PoolhubError, TransportError
+from poolhub_client import _core, flows
+from poolhub_client._core import DEFAULT_TIMEOUT, BatchItem, FileInput, ProgressCallback, Tokens, TokenState
+from poolhub_client.flows import Call, Flow
 from poolhub_client.types import Batch, Group, Lease, Member, Page, Pool, Result, Session, Upload, User
 
-DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
-
-
-def upload_filters(pool: str | None, user: str | None, status: str | None, group: str | None,
-                   limit: int | None, offset: int | None) -> dict[str, Any]:
-    params = {"pool": pool, "user": user, "status": status, "group": group, "limit": limit, "offset": offset}
-    return {key: value for key, value in params.items() if value is not None}
+T = TypeVar("T")
 
 
 class PoolhubClient(_core.ClientSettings):
@@ -41,15 +28,17 @@ class PoolhubClient(_core.ClientSettings):
 
     Requests that are safe to repeat (GETs, and uploads, which always carry an Idempotency-Key)
     are retried on network errors; every request is retried on 429/503, honouring Retry-After,
-    up to `max_retries` times.
+    up to `max_retries` times. Files above `tus_threshold` bytes go over the resumable (tus)
+    endpoint, which resumes from the server's offset after a cut.
     """
 
     def __init__(self, base_url: str, *, tokens: Tokens | None = None, token_state: TokenState | None = None,
                  on_tokens: Any = None, timeout: httpx.Timeout | float = DEFAULT_TIMEOUT, max_retries: int = 4,
                  max_retry_wait: float = 120.0, transport: httpx.BaseTransport | None = None,
-                 verify: bool = True, refresh_early: bool = True) -> None:
+                 verify: bool = True, refresh_early: bool = True, tus_threshold: int | None = None) -> None:
         super().__init__(base_url, tokens=tokens, token_state=token_state, on_tokens=on_tokens,
-                         max_retries=max_retries, max_retry_wait=max_retry_wait, refresh_early=refresh_early)
+                         max_retries=max_retries, max_retry_wait=max_retry_wait, refresh_early=refresh_early,
+                         tus_threshold=tus_threshold)
         self._http = httpx.Client(timeout=timeout, transport=transport, verify=verify)
 
     # -- plumbing ---------------------------------------------------------------------------
@@ -63,235 +52,203 @@ class PoolhubClient(_core.ClientSettings):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _wait_or_raise(self, attempt: int, error: PoolhubError) -> None:
-        time.sleep(self._retry_delay(attempt, error))
+    def _drive(self, flow: Flow[T]) -> T:
+        """Run a flow, doing each step it asks for with blocking calls; a step's error is raised in the flow."""
+        answer: Any = None
+        error: BaseException | None = None
+        try:
+            while True:
+                try:
+                    step = flow.throw(error) if error is not None else flow.send(answer)
+                except StopIteration as done:
+                    return cast(T, done.value)
+                answer, error = None, None
+                try:
+                    answer = self._do(step)
+                except Exception as exc:
+                    error = exc
+        finally:
+            flow.close()
 
-    def _send(self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None,
-              body: MultipartBody | None = None, headers: dict[str, str] | None = None, auth: bool = True,
-              stream: bool = False, progress: ProgressCallback | None = None) -> httpx.Response:
-        repeatable = method == "GET" or bool(headers and "Idempotency-Key" in headers)
-        refreshed = False
-        attempt = 0
-        while True:
-            attempt += 1
-            if auth and self.refresh_early and self.state.needs_refresh():
-                self.refresh(if_generation=self.state.generation)
-            request_headers = self._headers(auth, headers)
-            content = None
-            if body is not None:
-                request_headers["Content-Type"] = body.content_type
-                request_headers["Content-Length"] = str(len(body))
-                content = body.iter_chunks(progress)
-            request = self._http.build_request(method, _core.api_url(self.base_url, path), json=json,
-                                               params=params, content=content, headers=request_headers)
-            try:
-                response = self._http.send(request, stream=stream)
-            except httpx.TransportError as exc:
-                unreachable = TransportError(f"cannot reach {self.base_url}: {exc.__class__.__name__} {exc}")
-                if not repeatable:
-                    raise unreachable from exc
-                self._wait_or_raise(attempt, unreachable)
-                continue
-            if response.status_code < 400:
-                return response
-            response.read()
-            response.close()
-            error = _core.response_error(response)
-            if (response.status_code == 401 and auth and error.code in AUTH_RETRY_CODES and not refreshed
-                    and self.state.tokens is not None and self.state.tokens.refresh):
-                refreshed = True
-                self.refresh(if_generation=self.state.generation)
-                continue
-            if response.status_code in RETRYABLE_STATUS:
-                self._wait_or_raise(attempt, error)
-                continue
-            raise error
+    def _do(self, step: flows.Step) -> Any:
+        if isinstance(step, flows.Send):
+            return self._send(step)
+        if isinstance(step, flows.Sleep):
+            time.sleep(step.seconds)
+        elif isinstance(step, flows.Refresh):
+            self.refresh(if_generation=step.generation)
+        elif isinstance(step, flows.Discard):
+            step.response.read()
+            step.response.close()
+        elif isinstance(step, flows.Pump):
+            return self._pump(step)
+        else:
+            return step.fn()
+        return None
 
-    def _json(self, method: str, path: str, **kwargs: Any) -> Any:
-        return _core.json_or_none(self._send(method, path, **kwargs))
+    def _send(self, step: flows.Send) -> httpx.Response | httpx.TransportError:
+        call = step.call
+        content: Any = call.raw
+        headers = dict(step.headers)
+        if call.body is not None:
+            headers["Content-Type"] = call.body.content_type
+            headers["Content-Length"] = str(len(call.body))
+            content = call.body.iter_chunks(call.progress)
+        request = self._http.build_request(call.method, step.url, json=call.json, params=call.params,
+                                           content=content, headers=headers)
+        try:
+            return self._http.send(request, stream=call.stream)
+        except httpx.TransportError as exc:
+            return exc
+
+    def _pump(self, step: flows.Pump) -> httpx.TransportError | None:
+        try:
+            for chunk in step.response.iter_bytes(_core.CHUNK):
+                step.download.write(chunk)
+        except httpx.TransportError as exc:
+            return exc
+        except BaseException:
+            step.download.abort()
+            raise
+        finally:
+            step.response.close()
+        return None
+
+    def _json(self, call: Call) -> Any:
+        return self._drive(flows.json_call(self, call))
 
     # -- authentication ---------------------------------------------------------------------
 
-    def _store_login(self, body: dict[str, Any]) -> User:
-        self.state.set(Tokens(access=body["access"], refresh=body.get("refresh"), user=body.get("user")))
-        return cast(User, body["user"])
-
     def signup(self, username: str, password: str) -> User:
-        body = self._json("POST", "/auth/signup", json={"username": username, "password": password}, auth=False)
-        return self._store_login(body)
+        return self._drive(flows.login(self, "/auth/signup", username, password))
 
     def login(self, username: str, password: str) -> User:
-        body = self._json("POST", "/auth/login", json={"username": username, "password": password}, auth=False)
-        return self._store_login(body)
+        return self._drive(flows.login(self, "/auth/login", username, password))
 
     def refresh(self, *, if_generation: int | None = None) -> None:
         """Rotate the token pair (the old refresh token is spent; the new one is stored)."""
         with self.state.lock:
-            if if_generation is not None and self.state.generation != if_generation:
-                return  # another thread refreshed while this one waited
-            tokens = self.state.tokens
-            if tokens is None or not tokens.refresh:
-                raise AuthError("not logged in", code="not_authenticated")
-            generation = self.state.generation
-            try:
-                body = self._json("POST", "/auth/refresh", json={"refresh": tokens.refresh}, auth=False)
-            except AuthError:
-                if self.state.generation != generation:
-                    return  # the async twin rotated the pair meanwhile: the spent token was its old one
-                raise
-            self.state.set(Tokens(access=body["access"], refresh=body.get("refresh") or tokens.refresh,
-                                  user=tokens.user))
+            self._drive(flows.refresh(self, if_generation))
 
     def logout(self) -> None:
-        tokens = self.state.tokens
-        if tokens is None:
-            return
-        self._send("POST", "/auth/logout", json={"refresh": tokens.refresh or ""})
-        self.state.set(None)
+        self._drive(flows.logout(self))
 
     def validate(self) -> Session:
-        return cast(Session, self._json("GET", "/auth/validate"))
+        return cast(Session, self._json(flows.validate()))
 
     # -- pools and members -------------------------------------------------------------------
 
     def create_pool(self, name: str, **fields: Any) -> Pool:
-        return cast(Pool, self._json("POST", "/pools", json={"name": name, **fields}))
+        return cast(Pool, self._json(flows.create_pool(name, fields)))
 
     def list_pools(self) -> list[Pool]:
-        return cast(list[Pool], _results(self._json("GET", "/pools")))
+        return cast(list[Pool], flows.results(self._json(flows.list_pools())))
 
     def get_pool(self, pool: str) -> Pool:
-        return cast(Pool, self._json("GET", f"/pools/{pool}"))
+        return cast(Pool, self._json(flows.get_pool(pool)))
 
     def update_pool(self, pool: str, **fields: Any) -> Pool:
-        return cast(Pool, self._json("PATCH", f"/pools/{pool}", json=fields))
+        return cast(Pool, self._json(flows.update_pool(pool, fields)))
 
     def members(self, pool: str) -> list[Member]:
-        return cast(list[Member], _results(self._json("GET", f"/pools/{pool}/members")))
+        return cast(list[Member], flows.results(self._json(flows.members(pool))))
 
     def add_member(self, pool: str, username: str, role: str) -> Member:
-        return cast(Member, self._json("POST", f"/pools/{pool}/members", json={"username": username, "role": role}))
+        return cast(Member, self._json(flows.add_member(pool, username, role)))
 
     def remove_member(self, pool: str, username: str) -> None:
-        self._send("DELETE", f"/pools/{pool}/members/{username}")
+        self._json(flows.remove_member(pool, username))
+
+    def provision(self, pool: str, count: int, *, prefix: str = "device", role: str = "contributor",
+                  idempotency_key: str | None = None) -> list[dict[str, Any]]:
+        """Create `count` device accounts in the pool; each password is in this answer only."""
+        body = self._json(flows.provision(pool, count, prefix, role, idempotency_key))
+        return list(body["members"])
+
+    def usage(self, pool: str) -> dict[str, Any]:
+        return cast(dict[str, Any], self._json(flows.usage(pool)))
 
     # -- uploads -----------------------------------------------------------------------------
 
     def upload(self, pool: str, file: FileInput, *, timestamp: datetime | str | None = None,
                filename: str | None = None, sha256: str | None = None, idempotency_key: str | None = None,
-               progress: ProgressCallback | None = None) -> Upload:
-        """Stream one file (path, bytes or file object); its sha256 is computed while it is read."""
-        source = FileSource(file, filename)
-        try:
-            body = _core.single_upload_body(source, _core.iso(timestamp), sha256)
-            headers = {"Idempotency-Key": idempotency_key or str(uuid.uuid4())}
-            return cast(Upload, self._json("POST", f"/pools/{pool}/uploads", body=body, headers=headers,
-                                           progress=progress))
-        finally:
-            source.close()
+               progress: ProgressCallback | None = None, tus: flows.TusState | None = None) -> Upload:
+        """Stream one file (path, bytes or file object); its sha256 is computed while it is read.
+
+        Files above `tus_threshold` (or any file given a `tus` state) go over the resumable endpoint.
+        """
+        if tus is not None or self.use_tus(file):
+            return self._drive(flows.tus_upload(self, pool, file, timestamp=timestamp, filename=filename,
+                                                sha256=sha256, progress=progress, state=tus))
+        return self._drive(flows.upload(self, pool, file, timestamp=timestamp, filename=filename, sha256=sha256,
+                                        idempotency_key=idempotency_key, progress=progress))
 
     def upload_batch(self, pool: str, items: list[BatchItem], *, idempotency_key: str | None = None,
                      progress: ProgressCallback | None = None) -> Batch:
         """Several updates with their own timestamps, accepted whole or not at all."""
-        body, sources = _core.batch_body(items)
-        try:
-            headers = {"Idempotency-Key": idempotency_key or str(uuid.uuid4())}
-            return cast(Batch, self._json("POST", f"/pools/{pool}/batches", body=body, headers=headers,
-                                          progress=progress))
-        finally:
-            for source in sources:
-                source.close()
+        return self._drive(flows.upload_batch(self, pool, items, idempotency_key=idempotency_key,
+                                              progress=progress))
 
     def uploads(self, *, pool: str | None = None, user: str | None = None, status: str | None = None,
                 group: str | None = None, limit: int | None = None, offset: int | None = None) -> Page:
         """One page of the caller's uploads (admin: everyone's)."""
-        body = self._json("GET", "/uploads", params=upload_filters(pool, user, status, group, limit, offset))
-        return _page(body)
+        return flows.page(self._json(flows.uploads(pool, user, status, group, limit, offset)))
 
     def iter_uploads(self, *, pool: str | None = None, user: str | None = None, status: str | None = None,
                      group: str | None = None, page_size: int = 100) -> Iterator[Upload]:
-        offset = 0
-        while True:
-            page = self.uploads(pool=pool, user=user, status=status, group=group, limit=page_size, offset=offset)
-            yield from page["results"]
-            offset += len(page["results"])
-            if not page["next"] or not page["results"]:
-                return
+        offset: int | None = 0
+        while offset is not None:
+            current = self.uploads(pool=pool, user=user, status=status, group=group, limit=page_size,
+                                   offset=offset)
+            yield from current["results"]
+            offset = flows.next_offset(current, offset)
 
     def get_upload(self, upload_id: str) -> Upload:
-        return cast(Upload, self._json("GET", f"/uploads/{upload_id}"))
+        return cast(Upload, self._json(flows.get_upload(upload_id)))
 
     def download_upload(self, upload_id: str, dest: str | os.PathLike[str], *,
                         progress: ProgressCallback | None = None) -> Path:
-        return self._download(f"/uploads/{upload_id}/content", dest, fallback=f"{upload_id}.bin", progress=progress)
+        return self._drive(flows.download(self, f"/uploads/{upload_id}/content", dest, fallback=f"{upload_id}.bin",
+                                          progress=progress))
 
     # -- groups, export, results -------------------------------------------------------------
 
     def groups(self, pool: str, *, status: str | None = None) -> list[Group]:
-        params = {"status": status} if status else None
-        return cast(list[Group], _results(self._json("GET", f"/pools/{pool}/groups", params=params)))
+        return cast(list[Group], flows.results(self._json(flows.groups(pool, status))))
 
     def get_group(self, group_id: str) -> Group:
-        return cast(Group, self._json("GET", f"/groups/{group_id}"))
+        return cast(Group, self._json(flows.get_group(group_id)))
 
     def close_group(self, group_id: str) -> Group:
         """The trigger event: close the group now."""
-        return cast(Group, self._json("POST", f"/groups/{group_id}/close"))
+        return cast(Group, self._json(flows.close_group(group_id)))
 
     def claim_group(self, group_id: str) -> Lease:
-        return cast(Lease, self._json("POST", f"/groups/{group_id}/claim"))
+        return cast(Lease, self._json(flows.claim_group(group_id)))
 
     def download_archive(self, group_id: str, lease_id: str, dest: str | os.PathLike[str], *,
                          progress: ProgressCallback | None = None) -> Path:
-        return self._download(f"/groups/{group_id}/archive", dest, fallback=f"group-{group_id}.archive",
-                              params={"lease": lease_id}, progress=progress)
+        """The group's archive, resumed with Range after a cut."""
+        return self._drive(flows.download(self, f"/groups/{group_id}/archive", dest,
+                                          fallback=f"group-{group_id}.archive", params={"lease": lease_id},
+                                          progress=progress))
 
     def post_result(self, group_id: str, lease_id: str, file: FileInput, *, filename: str | None = None,
                     progress: ProgressCallback | None = None) -> Result:
-        source = FileSource(file, filename or "result.bin")
-        try:
-            body = _core.result_body(source, lease_id)
-            return cast(Result, self._json("POST", f"/groups/{group_id}/result", body=body, progress=progress))
-        finally:
-            source.close()
+        return self._drive(flows.post_result(self, group_id, lease_id, file, filename=filename, progress=progress))
 
     def latest_result(self, pool: str) -> Result:
-        return cast(Result, self._json("GET", f"/pools/{pool}/results/latest"))
+        return cast(Result, self._json(flows.latest_result(pool)))
 
     def download_result(self, result_id: str, dest: str | os.PathLike[str], *, sha256: str | None = None,
                         progress: ProgressCallback | None = None) -> Path:
-        return self._download(f"/results/{result_id}/content", dest, fallback=f"result-{result_id}.bin",
-                              sha256=sha256, progress=progress)
+        return self._drive(flows.download(self, f"/results/{result_id}/content", dest,
+                                          fallback=f"result-{result_id}.bin", sha256=sha256, progress=progress))
 
     def download_latest_result(self, pool: str, dest: str | os.PathLike[str], *,
                                progress: ProgressCallback | None = None) -> tuple[Result, Path]:
         """Fetch the pool's latest result to disk, verified against its sha256."""
-        result = self.latest_result(pool)
-        path = self.download_result(result["id"], dest, sha256=result.get("sha256"), progress=progress)
-        return result, path
-
-    def _download(self, path: str, dest: str | os.PathLike[str], *, fallback: str,
-                  params: dict[str, Any] | None = None, sha256: str | None = None,
-                  progress: ProgressCallback | None = None) -> Path:
-        attempt = 0
-        while True:
-            attempt += 1
-            response = self._send("GET", path, params=params, stream=True)
-            target = _core.download_target(dest, response, fallback)
-            download = Download(target, sha256, _core.content_length(response), progress)
-            try:
-                for chunk in response.iter_bytes(_core.CHUNK):
-                    download.write(chunk)
-            except httpx.TransportError as exc:
-                download.abort()
-                self._wait_or_raise(attempt, TransportError(f"download of {target.name} broke off: {exc}"))
-                continue
-            except BaseException:
-                download.abort()
-                raise
-            finally:
-                response.close()
-            return download.finish()
+        return self._drive(flows.download_latest_result(self, pool, dest, progress=progress))
 
     # -- notifications -----------------------------------------------------------------------
 
@@ -318,15 +275,3 @@ class PoolhubClient(_core.ClientSettings):
                 runner.run(stream.aclose())
                 runner.run(twin.aclose())
 
-
-def _results(body: Any) -> list[Any]:
-    """A plain list, or the `results` of a DRF page."""
-    if isinstance(body, dict) and "results" in body:
-        return list(body["results"])
-    return list(body or [])
-
-
-def _page(body: Any) -> Page:
-    if isinstance(body, list):
-        return {"count": len(body), "next": None, "previous": None, "results": body}
-    return cast(Page, body)

@@ -27,6 +27,7 @@ from poolhub_client import _core
 from poolhub_client._core import BatchItem
 from poolhub_client.client import PoolhubClient
 from poolhub_client.errors import RETRYABLE_STATUS, PoolhubError, TransportError
+from poolhub_client.flows import TusState
 
 log = logging.getLogger("poolhub_client.outbox")
 # A refused batch created nothing: 400 bad item, 409 late window refused, 413 too large, 415 type.
@@ -45,7 +46,8 @@ CREATE TABLE IF NOT EXISTS items (
     batch_key TEXT,
     state TEXT NOT NULL DEFAULT 'queued',   -- queued, sent, rejected
     upload_id TEXT,
-    error TEXT
+    error TEXT,
+    tus_url TEXT                            -- a large item's resumable upload, kept across restarts
 );
 CREATE TABLE IF NOT EXISTS batches (
     key TEXT PRIMARY KEY,                   -- the Idempotency-Key, chosen before the first send
@@ -72,6 +74,7 @@ class OutboxItem:
     batch_key: str | None
     upload_id: str | None
     error: str | None
+    tus_url: str | None = None
 
 
 @dataclass
@@ -115,6 +118,9 @@ class Outbox:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
+        columns = {row["name"] for row in self._db.execute("PRAGMA table_info(items)")}
+        if "tus_url" not in columns:  # an outbox written by an older version
+            self._db.execute("ALTER TABLE items ADD COLUMN tus_url TEXT")
 
     def close(self) -> None:
         self._db.close()
@@ -179,11 +185,12 @@ class Outbox:
 
     # -- flushing ----------------------------------------------------------------------------
 
-    def _assign_batches(self) -> None:
-        """Give every unassigned queued item a batch and a key, committed before anything is sent."""
+    def _assign_batches(self, large: int) -> None:
+        """Give every unassigned queued item up to `large` bytes a batch and a key, committed before
+        anything is sent. Larger items go one by one over the resumable endpoint."""
         with self._transaction() as db:
             rows = db.execute("SELECT id, pool, size FROM items WHERE state = 'queued' AND batch_key IS NULL "
-                              "ORDER BY pool, id").fetchall()
+                              "AND size <= ? ORDER BY pool, id", (large,)).fetchall()
             key: str | None = None
             pool: str | None = None
             count = size = 0
@@ -205,13 +212,19 @@ class Outbox:
         return [_item(row) for row in rows]
 
     def flush(self, client: PoolhubClient) -> FlushReport:
-        """Send everything queued. Returns when all is sent, or when retries for a batch ran out
-        (what is left stays queued for the next flush); raises only on errors a retry cannot fix
-        (authentication, a pool that is gone)."""
+        """Send everything queued. Returns when all is sent, or when retries ran out (what is left
+        stays queued for the next flush); raises only on errors a retry cannot fix (authentication,
+        a pool that is gone). Items above the client's `tus_threshold` are sent one by one over the
+        resumable endpoint, and their upload URL is kept, so a flush killed halfway through a large
+        file goes on from the server's offset next time."""
         report = FlushReport()
+        for item in self._large_items(client.tus_threshold):
+            if not self._send_large(client, item, report):
+                report.pending = self.pending()
+                return report
         tried: set[str] = set()
         while True:
-            self._assign_batches()
+            self._assign_batches(client.tus_threshold)
             batch = next((row for row in self._pending_batches() if row["key"] not in tried), None)
             if batch is None:
                 break
@@ -225,35 +238,73 @@ class Outbox:
         report.pending = self.pending()
         return report
 
+    def _large_items(self, threshold: int) -> list[OutboxItem]:
+        rows = self._db.execute("SELECT * FROM items WHERE state = 'queued' AND batch_key IS NULL AND size > ? "
+                                "ORDER BY id", (threshold,)).fetchall()
+        return [_item(row) for row in rows]
+
+    def _send_large(self, client: PoolhubClient, item: OutboxItem, report: FlushReport) -> bool:
+        def keep(url: str) -> None:
+            self._db.execute("UPDATE items SET tus_url = ? WHERE id = ?", (url, item.id))
+
+        state = TusState(location=item.tus_url, on_location=keep)
+
+        def send() -> dict[str, Any]:
+            return dict(client.upload(item.pool, self.files / item.path, timestamp=item.timestamp,
+                                      sha256=item.sha256, filename=item.filename, tus=state))
+
+        def sent(upload: dict[str, Any]) -> None:
+            self._record_sent(None, [item], {"uploads": [upload]}, report)
+
+        return self._with_retries(f"item {item.id}", send, sent, lambda exc: self._refuse(None, [item], exc, report),
+                                  lambda: None, report)
+
     def _send_batch(self, client: PoolhubClient, batch: sqlite3.Row, items: list[OutboxItem],
                     report: FlushReport) -> bool:
         key = batch["key"]
         batch_items = [BatchItem(file=self.files / item.path, timestamp=item.timestamp, sha256=item.sha256,
                                  filename=item.filename) for item in items]
+
+        def send() -> dict[str, Any]:
+            return dict(client.upload_batch(batch["pool"], batch_items, idempotency_key=key))
+
+        def sent(response: dict[str, Any]) -> None:
+            if self.after_send is not None:
+                self.after_send(key, response)
+            self._record_sent(key, items, response, report)
+
+        def count_attempt() -> None:
+            self._db.execute("UPDATE batches SET attempts = attempts + 1 WHERE key = ?", (key,))
+
+        return self._with_retries(f"batch {key}", send, sent, lambda exc: self._refuse(key, items, exc, report),
+                                  count_attempt, report)
+
+    def _with_retries(self, label: str, send: Callable[[], dict[str, Any]], sent: Callable[[dict[str, Any]], None],
+                      refused: Callable[[PoolhubError], None], count_attempt: Callable[[], None],
+                      report: FlushReport) -> bool:
+        """Send until the server answers; False when retries ran out (the items stay queued)."""
         attempt = 0
         while True:
             attempt += 1
-            self._db.execute("UPDATE batches SET attempts = attempts + 1 WHERE key = ?", (key,))
+            count_attempt()
             try:
-                response = client.upload_batch(batch["pool"], batch_items, idempotency_key=key)
+                response = send()
             except (TransportError, PoolhubError) as exc:
                 if isinstance(exc, TransportError) or exc.status in RETRYABLE_STATUS:
                     if attempt >= self.max_attempts or (exc.retry_after or 0) > self.max_retry_wait:
-                        report.errors.append(f"batch {key}: {exc}")
+                        report.errors.append(f"{label}: {exc}")
                         return False
                     self.sleep(_core.backoff_delay(attempt, base=self.backoff_base, cap=self.backoff_cap,
                                                    retry_after=exc.retry_after))
                     continue
                 if exc.status in REFUSED_STATUS and exc.code != "idempotency_conflict":
-                    self._refuse(key, items, exc, report)
+                    refused(exc)
                     return True
                 raise
-            if self.after_send is not None:
-                self.after_send(key, dict(response))
-            self._record_sent(key, items, dict(response), report)
+            sent(response)
             return True
 
-    def _record_sent(self, key: str, items: list[OutboxItem], response: dict[str, Any],
+    def _record_sent(self, key: str | None, items: list[OutboxItem], response: dict[str, Any],
                      report: FlushReport) -> None:
         uploads = list(response.get("uploads") or [])
         with self._transaction() as db:
@@ -262,19 +313,21 @@ class Outbox:
                 db.execute("UPDATE items SET state = 'sent', upload_id = ? WHERE id = ?", (upload_id, item.id))
                 if upload_id:
                     report.upload_ids.append(upload_id)
-            db.execute("UPDATE batches SET state = 'sent', batch_id = ? WHERE key = ?",
-                       (str(response.get("id") or ""), key))
+            if key is not None:
+                db.execute("UPDATE batches SET state = 'sent', batch_id = ? WHERE key = ?",
+                           (str(response.get("id") or ""), key))
         for item in items:
             (self.files / item.path).unlink(missing_ok=True)
         report.sent += len(items)
-        report.batches += 1
+        report.batches += key is not None
 
-    def _refuse(self, key: str, items: list[OutboxItem], exc: PoolhubError, report: FlushReport) -> None:
+    def _refuse(self, key: str | None, items: list[OutboxItem], exc: PoolhubError, report: FlushReport) -> None:
         """A refused batch created nothing. The items it names are set aside (kept on disk, with the
         reason); the others go back to the queue, to be sent under a new key."""
         bad = _bad_indexes(exc.details, len(items))
         with self._transaction() as db:
-            db.execute("UPDATE batches SET state = 'refused' WHERE key = ?", (key,))
+            if key is not None:
+                db.execute("UPDATE batches SET state = 'refused' WHERE key = ?", (key,))
             for index, item in enumerate(items):
                 if index in bad or not bad:
                     reason = json.dumps({"code": exc.code, "message": exc.message,
@@ -283,7 +336,7 @@ class Outbox:
                     report.rejected += 1
                 else:
                     db.execute("UPDATE items SET batch_key = NULL WHERE id = ?", (item.id,))
-        report.errors.append(f"batch {key} refused: {exc}")
+        report.errors.append(f"batch {key} refused: {exc}" if key else f"item {items[0].id} refused: {exc}")
 
     def requeue_rejected(self) -> int:
         """Put rejected items back in the queue (after fixing whatever made the server refuse them)."""
@@ -320,4 +373,5 @@ def _index_of(name: str) -> int | None:
 def _item(row: sqlite3.Row) -> OutboxItem:
     return OutboxItem(id=row["id"], pool=row["pool"], path=row["path"], filename=row["filename"], size=row["size"],
                       sha256=row["sha256"], timestamp=row["timestamp"], state=row["state"],
-                      batch_key=row["batch_key"], upload_id=row["upload_id"], error=row["error"])
+                      batch_key=row["batch_key"], upload_id=row["upload_id"], error=row["error"],
+                      tus_url=row["tus_url"])
