@@ -23,8 +23,9 @@ from rest_framework_simplejwt.exceptions import TokenError
 from rest_framework_simplejwt.tokens import RefreshToken, Token
 
 from accounts.hashers import generated_secret, generated_secret_hash
+from accounts.login_guard import login_failure_record, login_guard_check
 from accounts.models import Membership, Pool, Role, User
-from accounts.tokens import RefreshTokenSpent, access_token_deny, refresh_token_spend, token_pair_for
+from accounts.tokens import RefreshTokenSpent, access_token_deny, refresh_token_spend, token_pair_issue
 from poolhub.errors import ApiError, BadRequest, Conflict, NotFound, Unavailable
 
 
@@ -54,11 +55,15 @@ def user_signup(*, username: str, password: str) -> User:
         raise taken from exc
 
 
-def user_login(*, username: str, password: str) -> tuple[User, dict[str, str]]:
+def user_login(*, username: str, password: str, address: str) -> tuple[User, dict[str, str]]:
+    """Failed logins are counted per account and per address (accounts.login_guard): past either
+    limit, 429 before the password is checked."""
+    login_guard_check(username=username, address=address)
     user = authenticate(username=username, password=password)
     if not isinstance(user, User) or not user.is_active:
+        login_failure_record(username=username, address=address)
         raise ApiError("wrong username or password", code="invalid_credentials", status_code=401)
-    return user, token_pair_for(user=user)
+    return user, token_pair_issue(user=user)
 
 
 def token_refresh(*, refresh: str) -> dict[str, str]:
@@ -76,7 +81,7 @@ def token_refresh(*, refresh: str) -> dict[str, str]:
         refresh_token_spend(token=token, user=user)
     except RefreshTokenSpent as exc:  # a concurrent refresh spent it first
         raise ApiError("the refresh token was already used", code="token_revoked", status_code=401) from exc
-    return token_pair_for(user=user)
+    return token_pair_issue(user=user)
 
 
 def user_logout(*, user: User, access: Token | dict[str, Any] | None, refresh: str | None) -> None:
@@ -110,7 +115,7 @@ def user_password_change(*, user: User, current_password: str, new_password: str
         user.set_password(new_password)
         user.save(update_fields=["password"])
         user_logout(user=user, access=access, refresh=refresh)
-    return token_pair_for(user=user)
+    return token_pair_issue(user=user)
 
 
 def pool_create(*, data: dict[str, Any]) -> Pool:

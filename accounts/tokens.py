@@ -16,7 +16,7 @@ from poolhub.redis import async_redis_client, redis_client
 _DENYLIST_PREFIX = "poolhub:jwt:denied:"
 
 
-def token_pair_for(*, user: User) -> dict[str, str]:
+def token_pair_issue(*, user: User) -> dict[str, str]:
     refresh = RefreshToken.for_user(user)
     return {"access": str(refresh.access_token), "refresh": str(refresh)}
 

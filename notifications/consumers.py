@@ -1,4 +1,4 @@
-"""The websocket gateway at /ws/ (API.md, "Websocket"); docs/realtime.md describes the protocol.
+"""The websocket gateway at /ws/ (docs/api.md, "Websocket"); docs/realtime.md describes the protocol.
 
 One consumer per socket. It authenticates (a first `connect` frame, or `bearer.<token>` offered
 in `Sec-WebSocket-Protocol`), joins the channel-layer groups of its user (the user's own, the

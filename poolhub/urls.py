@@ -8,6 +8,7 @@ api_v1: list[URLPattern | URLResolver] = [
     path("", include("accounts.api.urls")),
     path("", include("uploads.api.urls")),
     path("", include("batching.api.urls")),
+    path("", include("lifecycle.api.urls")),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
     re_path(r"^.*$", errors.json_not_found),

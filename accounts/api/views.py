@@ -31,6 +31,7 @@ from accounts.api.serializers import (
     UserOutput,
     ValidateOutput,
 )
+from accounts.login_guard import request_address
 from accounts.models import Role, User
 from poolhub.errors import Forbidden
 from poolhub.throttling import process_cache
@@ -45,6 +46,13 @@ class AuthThrottle(SimpleRateThrottle):
 
     def get_cache_key(self, request: Request, view: APIView) -> str:
         return self.cache_format % {"scope": self.scope, "ident": self.get_ident(request)}
+
+
+class LoginThrottle(AuthThrottle):
+    """Per client address, high enough for a fleet behind one NAT (failures are limited apart, per
+    account and per address: accounts.login_guard); it only bounds the password-hashing cost."""
+
+    scope = "login"
 
 
 class RefreshThrottle(AuthThrottle):
@@ -82,19 +90,21 @@ class SignupApi(APIView):
     def post(self, request: Request) -> Response:
         data = _valid(CredentialsInput, request.data)
         services.user_signup(username=data["username"], password=data["password"])
-        user, tokens = services.user_login(username=data["username"], password=data["password"])
+        user, tokens = services.user_login(username=data["username"], password=data["password"],
+                                           address=request_address(request))
         return Response({"user": UserOutput(user).data, **tokens}, status=status.HTTP_201_CREATED)
 
 
 class LoginApi(APIView):
     permission_classes = [AllowAny]
     authentication_classes: list[Any] = []
-    throttle_classes = [AuthThrottle]
+    throttle_classes = [LoginThrottle]
 
     @extend_schema(request=CredentialsInput, responses={200: AuthOutput, **_errors(400, 401, 429)}, auth=[])
     def post(self, request: Request) -> Response:
         data = _valid(CredentialsInput, request.data)
-        user, tokens = services.user_login(username=data["username"], password=data["password"])
+        user, tokens = services.user_login(username=data["username"], password=data["password"],
+                                           address=request_address(request))
         return Response({"user": UserOutput(user).data, **tokens})
 
 
