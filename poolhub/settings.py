@@ -375,6 +375,7 @@ POOLHUB_LOGIN_FAILURES_PER_ADDRESS = env_int("POOLHUB_LOGIN_FAILURES_PER_ADDRESS
 POOLHUB_LOGIN_FAILURE_WINDOW_SECONDS = env_int("POOLHUB_LOGIN_FAILURE_WINDOW_SECONDS", 900)
 MIDDLEWARE.insert(MIDDLEWARE.index("django.contrib.auth.middleware.AuthenticationMiddleware") + 1,
                   "accounts.login_guard.AdminLoginGuard")  # the admin's login page: the same counters
+AUTH_PASSWORD_VALIDATORS.append({"NAME": "accounts.validators.NotOnlyWhitespaceValidator"})
 
 # --- files (docs/configuration.md "Files: downloads and tus") ---------------------------------
 # A tus upload idle this long expires (Upload-Expires) and its staged bytes are released.
