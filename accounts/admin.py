@@ -28,6 +28,11 @@ class UserAdmin(BaseUserAdmin):
     search_fields = ["username", "email"]
     fieldsets = (*(BaseUserAdmin.fieldsets or ()), ("poolhub", {"fields": ("role",)}))
 
+    def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        if change and "is_active" in form.changed_data:  # deactivation ends its tokens and sockets
+            services.user_active_set(user=obj, active=obj.is_active)
+
 
 class MembershipInline(admin.TabularInline):
     model = Membership

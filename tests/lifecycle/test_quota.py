@@ -10,7 +10,7 @@ import pytest
 from rest_framework.test import APIClient
 
 from accounts.models import Pool
-from accounts.tokens import token_pair_for
+from accounts.tokens import token_pair_issue
 from tests.conftest import error_code
 from tests.lifecycle.conftest import upload
 from tests.uploads.conftest import WHEN, named, payload, staged_keys
@@ -99,7 +99,7 @@ def test_the_last_free_bytes_go_to_exactly_one_of_two_concurrent_uploads(pool, c
             arrivals.wait_for(lambda: arrived[0] >= 2, timeout=2)  # (SQLite: it waits to begin instead)
 
     monkeypatch.setattr(uploads.services, "upload_admit", admit_and_linger)
-    token = token_pair_for(user=contributor)["access"]
+    token = token_pair_issue(user=contributor)["access"]
     statuses: list[int] = []
 
     def send(seed: int) -> None:
