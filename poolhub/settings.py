@@ -380,6 +380,13 @@ MIDDLEWARE.insert(MIDDLEWARE.index("django.contrib.auth.middleware.Authenticatio
                   "accounts.login_guard.AdminLoginGuard")  # the admin's login page: the same counters
 AUTH_PASSWORD_VALIDATORS.append({"NAME": "accounts.validators.NotOnlyWhitespaceValidator"})
 
+# Production over TLS: browsers remember to use https only (HSTS, sent on secure requests), and
+# behind a TLS-terminating proxy that sets X-Forwarded-Proto, requests are known to be secure.
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31536000 if PRODUCTION else 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+if env_bool("POOLHUB_TLS_PROXY", PRODUCTION):
+    # Only safe when the proxy overwrites the header: a client could otherwise claim https.
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 # --- files (docs/configuration.md "Files: downloads and tus") ---------------------------------
 # A tus upload idle this long expires (Upload-Expires) and its staged bytes are released.
 POOLHUB_TUS_EXPIRY_SECONDS = env_int("POOLHUB_TUS_EXPIRY_SECONDS", 6 * 3600)
