@@ -12,7 +12,7 @@ names a file field of the same form) are in the descriptions.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from drf_spectacular.extensions import OpenApiViewExtension
 from drf_spectacular.utils import (
@@ -155,11 +155,12 @@ class TusCreateSchema(OpenApiViewExtension):
     target_class = "uploads.api.tus.TusCreateApi"
 
     def view_replacement(self) -> Any:
-        return extend_schema_view(options=EXCLUDED, post=EXCLUDED)(self.target_class)
+        return extend_schema_view(options=EXCLUDED, post=EXCLUDED)(cast(Any, self.target_class))
 
 
 class TusUploadSchema(OpenApiViewExtension):
     target_class = "uploads.api.tus.TusUploadApi"
 
     def view_replacement(self) -> Any:
-        return extend_schema_view(options=EXCLUDED, head=EXCLUDED, patch=EXCLUDED, delete=EXCLUDED)(self.target_class)
+        return extend_schema_view(options=EXCLUDED, head=EXCLUDED, patch=EXCLUDED,
+                                  delete=EXCLUDED)(cast(Any, self.target_class))
