@@ -248,7 +248,8 @@ class GatewayConsumer(AsyncJsonWebsocketConsumer):
         await self.send_json(reply)
 
     async def _token_revoked(self) -> bool:
-        return bool(self.jti) and await gateway.jti_is_denied_async(jti=str(self.jti))
+        user_id = self.user.pk if self.user is not None else None
+        return bool(self.jti) and await gateway.jti_is_denied_async(jti=str(self.jti), user_id=user_id)
 
     def _set_timer(self, coroutine: Awaitable[None]) -> None:
         if self.timer is not None:

@@ -36,9 +36,10 @@ import binascii
 import hashlib
 import secrets
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from collections import OrderedDict
+from collections.abc import Callable
+from contextlib import AbstractContextManager, suppress
+from dataclasses import dataclass, replace
 from typing import Any
 
 import redis
@@ -53,12 +54,14 @@ from uploads.checks import (
     FileTooLarge,
     StagingFull,
     checksum_check,
+    content_type_check,
     max_bytes_for,
     sha256_parse,
     size_check,
     timestamp_parse,
 )
 from uploads.models import Upload
+from uploads.resumable import deadline_push, deadlines_due, writer_lock
 from uploads.services import upload_accept
 from uploads.staging import StagingWriter, staging_drop, staging_read, staging_size
 
@@ -67,6 +70,11 @@ DEADLINES = PREFIX + "deadlines"  # sorted set: tus id -> unix time it expires a
 READ_BYTES = 256 * 1024  # what one read of a request body asks for
 LOCK_SECONDS = 60  # renewed as bytes arrive; lapses soon after a web process dies mid-PATCH
 CHECKSUMS: dict[str, Callable[[], Any]] = {"sha1": hashlib.sha1, "sha256": hashlib.sha256}
+# Writers that saw an upload from its first byte, by tus id, in this process: the next PATCH (or
+# the completion) goes on with their hash and head instead of re-reading what is staged. Another
+# process (or an evicted entry) re-reads it once, at completion (`StagingWriter.resume`).
+_WRITERS: OrderedDict[str, StagingWriter] = OrderedDict()
+WRITERS_KEPT = 64
 
 # KEYS: the user's open uploads (hash id -> declared length). ARGV: id, length, max uploads, max bytes.
 # Returns 0 (reserved), -1 (too many open uploads) or -2 (too many bytes).
@@ -213,7 +221,7 @@ def _user_cap_error(verdict: int) -> StagingFull:
 def _touch(client: redis.Redis, tus_id: str) -> None:
     """Push the deadline out: an upload expires after a quiet period, not at a fixed time."""
     ttl = expiry_seconds()
-    client.zadd(DEADLINES, {tus_id: time.time() + ttl})
+    deadline_push(client=client, key=DEADLINES, member=tus_id, seconds=ttl)
     client.expire(_state_key(tus_id), ttl * 2)  # a backstop; the sweep removes it first
 
 
@@ -251,18 +259,10 @@ def tus_get(*, user: User, tus_id: str) -> TusUpload:
 
 # --- write --------------------------------------------------------------------------------------
 
-@contextmanager
-def _locked(tus_id: str) -> Iterator[Callable[[], None]]:
+def _locked(tus_id: str) -> AbstractContextManager[Callable[[], None]]:
     """One writer per upload at a time, across requests and web processes; yields a renew()."""
-    lock = redis_client().lock(f"{PREFIX}{tus_id}:lock", timeout=LOCK_SECONDS, blocking=False)
-    if not lock.acquire():
-        raise Conflict("another request is writing to this upload", code="upload_locked",
-                       details={"upload": tus_id})
-    try:
-        yield lambda: lock.extend(LOCK_SECONDS, replace_ttl=True)
-    finally:
-        with suppress(redis.exceptions.LockError):  # it outlived its timeout: nothing left to release
-            lock.release()
+    return writer_lock(name=f"{PREFIX}{tus_id}:lock", seconds=LOCK_SECONDS, busy=lambda: Conflict(
+        "another request is writing to this upload", code="upload_locked", details={"upload": tus_id}))
 
 
 Reader = Callable[[int], bytes]
@@ -272,7 +272,7 @@ def tus_write(*, user: User, tus_id: str, offset: int, read: Reader, content_len
               checksum: tuple[str, bytes] | None) -> TusUpload:
     """Append a request's bytes at `offset` (409 unless it is the upload's offset); the request
     that brings the last byte (or a bodiless one at the full offset) completes the upload."""
-    upload = tus_get(user=user, tus_id=tus_id)
+    tus_get(user=user, tus_id=tus_id)
     with _locked(tus_id) as renew:
         upload = _read(tus_id)
         if offset != upload.offset:
@@ -286,41 +286,62 @@ def tus_write(*, user: User, tus_id: str, offset: int, read: Reader, content_len
         if content_length is not None and content_length > left:
             raise FileTooLarge(f"the request carries {content_length} bytes; the upload has {left} left",
                                details={"offset": upload.offset, "length": upload.length})
+        writer = _writer(upload)
         try:
-            _append(tus_id=tus_id, read=read, left=left, checksum=checksum, renew=renew)
+            received = _append(writer=writer, read=read, left=left, checksum=checksum, renew=renew)
+        except BaseException:
+            _WRITERS.pop(tus_id, None)  # its memory may differ from staging now: re-read when needed
+            raise
         finally:
             with suppress(redis.RedisError):
                 _touch(redis_client(), tus_id)
-        upload = _read(tus_id)
+        upload = replace(upload, offset=upload.offset + received)
         if upload.offset == upload.length:
             return _complete(user=user, upload=upload)
     return upload
 
 
-def _append(*, tus_id: str, read: Reader, left: int, checksum: tuple[str, bytes] | None,
-            renew: Callable[[], None]) -> None:
+def _writer(upload: TusUpload) -> StagingWriter:
+    """The writer that appends to this upload's staged bytes: this process's, if it has followed
+    the upload from its first byte; otherwise a fresh one that only appends."""
+    kept = _WRITERS.get(upload.id)
+    if kept is not None and kept.size == upload.offset:
+        _WRITERS.move_to_end(upload.id)
+        return kept
+    writer = StagingWriter(max_bytes=None, check_type=False, key=upload.id, filename=upload.filename)
+    if upload.offset == 0:
+        _WRITERS[upload.id] = writer
+        while len(_WRITERS) > WRITERS_KEPT:
+            _WRITERS.popitem(last=False)
+    else:
+        _WRITERS.pop(upload.id, None)
+    return writer
+
+
+def _append(*, writer: StagingWriter, read: Reader, left: int, checksum: tuple[str, bytes] | None,
+            renew: Callable[[], None]) -> int:
+    """Stage a request's bytes through `writer`; returns how many."""
     if checksum is None:
-        _stage(writer=StagingWriter(max_bytes=None, check_type=False, key=tus_id), read=read, left=left,
-               renew=renew)
-        return
+        return _stage(writer=writer, read=read, left=left, renew=renew)[0]
     # Verified before a byte reaches the upload: staged under a scratch key (counted in the budget
     # like any staged byte), hashed, then appended whole or dropped whole.
     scratch = StagingWriter(max_bytes=None, check_type=False)
     try:
-        digest = _stage(writer=scratch, read=read, left=left, renew=renew, hasher=CHECKSUMS[checksum[0]]())
+        received, digest = _stage(writer=scratch, read=read, left=left, renew=renew,
+                                  hasher=CHECKSUMS[checksum[0]]())
         if digest != checksum[1]:
             raise ChecksumFailed(details={"algorithm": checksum[0]})
-        target = StagingWriter(max_bytes=None, check_type=False, key=tus_id)
         for chunk in staging_read(key=scratch.key):
-            target.write(chunk)
+            writer.write(chunk)
             renew()
-        target.flush()
+        writer.flush()
     finally:
         scratch.discard()
+    return received
 
 
 def _stage(*, writer: StagingWriter, read: Reader, left: int, renew: Callable[[], None],
-           hasher: Any = None) -> bytes:
+           hasher: Any = None) -> tuple[int, bytes]:
     """Stream the request body into `writer`; what arrived before an error stays staged (tus: the
     offset is what the server holds). More bytes than the upload has left is 413."""
     received = 0
@@ -338,17 +359,20 @@ def _stage(*, writer: StagingWriter, read: Reader, left: int, renew: Callable[[]
         with suppress(ApiError, redis.RedisError):  # the budget or Redis refused: keep what is staged
             writer.flush()
     writer.flush()  # raises if the last bytes could not be staged
-    return bytes(hasher.digest()) if hasher is not None else b""
+    return received, bytes(hasher.digest()) if hasher is not None else b""
 
 
 def _complete(*, user: User, upload: TusUpload) -> TusUpload:
     """Every check of a REST upload, then `upload_accept`. A refusal below 500 ends the tus upload."""
     try:
         pool = pool_access(user=user, pool_id=upload.pool_id, roles=WRITER_ROLES)
-        writer = StagingWriter.resume(key=upload.id, max_bytes=max_bytes_for(pool=pool),
-                                      allowed_types=pool.allowed_types, filename=upload.filename)
+        writer = _WRITERS.pop(upload.id, None)
+        if writer is None or writer.size != upload.length:
+            writer = StagingWriter.resume(key=upload.id, max_bytes=None, check_type=False,
+                                          filename=upload.filename)
         size_check(size=writer.size, max_bytes=max_bytes_for(pool=pool))
-        staged = writer.finish()  # type from the content (415)
+        staged = writer.finish()
+        content_type_check(content_type=staged.content_type, allowed_types=pool.allowed_types)  # 415
         checksum_check(declared=upload.sha256 or None, actual=staged.sha256)
         accepted: Upload = upload_accept(pool=pool, uploader=user, staged=staged,
                                          timestamp=timestamp_parse(upload.timestamp), filename=upload.filename)
@@ -361,7 +385,7 @@ def _complete(*, user: User, upload: TusUpload) -> TusUpload:
     client.zrem(DEADLINES, upload.id)  # the staged bytes belong to the upload now: never swept
     client.hdel(_user_key(user.pk), upload.id)
     client.expire(_state_key(upload.id), expiry_seconds())  # HEAD still answers for a while
-    return _read(upload.id)
+    return replace(upload, upload_id=str(accepted.pk))
 
 
 # --- terminate and expire -----------------------------------------------------------------------
@@ -379,6 +403,7 @@ def tus_terminate(*, user: User, tus_id: str) -> None:
 
 def tus_drop(*, tus_id: str) -> None:
     """Forget an unfinished upload and release its staged bytes (idempotent)."""
+    _WRITERS.pop(tus_id, None)
     staging_drop(key=tus_id)
     client = redis_client()
     owner = client.hget(_state_key(tus_id), "user")
@@ -390,8 +415,7 @@ def tus_drop(*, tus_id: str) -> None:
 
 def tus_uploads_expire(*, now: float | None = None, limit: int = 1000) -> int:
     """Drop unfinished uploads idle past their deadline, with their staged bytes. Returns how many."""
-    client = redis_client()
-    expired = client.zrangebyscore(DEADLINES, "-inf", now if now is not None else time.time(), start=0, num=limit)
-    for raw in expired:
-        tus_drop(tus_id=_text(raw))
+    expired = deadlines_due(key=DEADLINES, now=now, limit=limit)
+    for tus_id in expired:
+        tus_drop(tus_id=tus_id)
     return len(expired)

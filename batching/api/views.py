@@ -29,6 +29,7 @@ from batching.archive import archive_read, group_archive
 from batching.models import LeaseEnd
 from batching.selectors import group_get_for, group_list, result_get_for, result_latest
 from batching.webhooks import webhook_send_test
+from lifecycle.selectors import group_archive_check, result_content_check
 from poolhub.downloads import ranged_download
 from poolhub.errors import BadRequest, Conflict, Unavailable
 from poolhub.filestore import Bucket, FileStoreError, file_open, file_read
@@ -105,6 +106,7 @@ class GroupArchiveApi(APIView):
         lease = services.lease_check(group=group, lease_id=data["lease"], user=user, is_admin=user_is_admin(user=user))
         if lease.end_reason == LeaseEnd.COMPLETED:
             raise Conflict("the result for this lease is in; claim the group again to export it again")
+        group_archive_check(group=group)  # 410 once any of its uploads was purged
         archive = group_archive(group=group)
         return ranged_download(request=request, length=archive.length, etag=archive.etag,
                                read=lambda start, stop: archive_read(archive, start, stop),
@@ -157,6 +159,7 @@ class ResultContentApi(APIView):
     @extend_schema(parameters=RANGE_HEADERS, responses={**BINARY, **error_responses(401, 404, 416, 503)})
     def get(self, request: Request, result_id: UUID) -> HttpResponseBase:
         result = result_get_for(user=_user(request), result_id=result_id)
+        result_content_check(result=result)  # 410 once purged
         try:  # opened before the response starts, so a missing file is a 503, not a truncated body
             stored = file_open(bucket=Bucket.RESULTS, file_id=result.id)
         except FileStoreError as exc:

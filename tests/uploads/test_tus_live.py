@@ -13,7 +13,7 @@ import pytest
 from tusclient import client as tus_client
 from tusclient.exceptions import TusCommunicationError, TusUploadFailed
 
-from accounts.tokens import token_pair_for
+from accounts.tokens import token_pair_issue
 from poolhub.filestore import Bucket, file_chunks
 from tests import live
 from tests.uploads.conftest import WHEN, payload, sha
@@ -26,7 +26,7 @@ MB = 1024 * 1024
 
 
 def auth(user: Any) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token_pair_for(user=user)['access']}"}
+    return {"Authorization": f"Bearer {token_pair_issue(user=user)['access']}"}
 
 
 def uploader(base: str, pool: Any, user: Any, data: bytes, **kwargs: Any) -> Any:

@@ -941,8 +941,14 @@
       sessionStorage.setItem(key, JSON.stringify({ location, filename: file.name }));
     }
     let uploadId = null;
+    const terminate = () => {
+      // Cancelled: the server releases the staged bytes (tus termination); nothing to resume.
+      sessionStorage.removeItem(key);
+      xhr("DELETE", location, { headers: tusHeaders }).catch(() => undefined);
+      return cancelled();
+    };
     while (offset < file.size || uploadId === null) {
-      if (item.cancelled) throw cancelled();
+      if (item.cancelled) throw terminate();
       const start = offset;
       const chunk = file.slice(start, start + Math.min(TUS_CHUNK, state.largeFile));
       try {
@@ -956,6 +962,7 @@
         uploadId = res.header("Poolhub-Upload-Id");
         if (offset >= file.size && !uploadId) break;
       } catch (e) {
+        if (e.code === "cancelled" || item.cancelled) throw terminate();
         if (e.code === "network" || e.status === 409) {
           offset = await retrying(item, head); // where the server stands, then go on from there
           continue;
@@ -1008,10 +1015,11 @@
       if (item.cancelled) throw cancelled();
       const data = await b64blob(file.slice(offset, offset + chunkSize));
       try {
-        const r = await wsRequest({ type: "write-chunk", transfer_id: transferId, offset, data });
+        const r = await wsRequest({ type: "write-chunk", transfer_id: transferId, offset, data }, item);
         offset = r.offset;
         itemProgress(item, offset, file.size);
       } catch (e) {
+        if (e.code === "cancelled" || item.cancelled) { sessionStorage.removeItem(key); throw cancelled(); }
         if (e.code !== "network" && e.code !== "conflict") { sessionStorage.removeItem(key); throw e; }
         offset = await where();
       }
@@ -1417,7 +1425,8 @@
   }
 
   // A request frame whose reply (or `error`) carries the same request_id.
-  function wsRequest(frame) {
+  // With a transfer item, its Cancel button rejects the request in flight.
+  function wsRequest(frame, item) {
     return new Promise((resolve, reject) => {
       const id = "r" + (state.wsNextId++);
       if (!state.wsReady || !wsSend(Object.assign({}, frame, { request_id: id }))) {
@@ -1425,6 +1434,12 @@
         return;
       }
       state.wsPending.set(id, { resolve, reject });
+      if (item) {
+        item.job.abort = () => {
+          item.cancelled = true;
+          if (state.wsPending.delete(id)) reject(cancelled());
+        };
+      }
     });
   }
 
