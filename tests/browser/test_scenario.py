@@ -192,6 +192,13 @@ def test_every_role_does_its_job_from_the_page(browser: Browser, tmp_path: Path,
     assert Path(download.value.path()).read_bytes() == result.read_bytes()
     shot = boss.shot("00-overview-result")
 
+    # The manager's usage counts what the pool holds now.
+    tab(boss, "manage")
+    boss.page.locator("#usage-box").wait_for()
+    boss.page.locator("#usage-results").filter(has_text="1").wait_for()
+    assert boss.page.locator("#usage-uploads").inner_text() == "3"
+    boss.shot("04-manage")
+
     # An admin sees every user's files.
     admin = browser.open("admin")
     log_in(admin, "root-admin")
