@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any, cast
 from uuid import UUID
 
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
@@ -223,7 +224,10 @@ class MemberProvisionApi(APIView):
     and DELETE still work here.
     """
 
-    @extend_schema(request=ProvisionInput, responses={201: ProvisionOutput, **_errors(400, 401, 403, 404, 409)})
+    @extend_schema(request=ProvisionInput, responses={201: ProvisionOutput, **_errors(400, 401, 403, 404, 409, 503)},
+                   parameters=[OpenApiParameter("Idempotency-Key", OpenApiTypes.STR, OpenApiParameter.HEADER,
+                                                description="the same key and body return the first response "
+                                                            "again and create nothing")])
     def post(self, request: Request, pool_id: UUID) -> Response:
         user = _user(request)
         pool = selectors.pool_access(user=user, pool_id=pool_id, roles=[Role.MANAGER])
@@ -237,8 +241,12 @@ class MemberProvisionApi(APIView):
             response["Idempotent-Replayed"] = "true"
         return response
 
+    @extend_schema(request=MemberRoleInput, responses={200: MemberSerializer, **_errors(400, 401, 403, 404)},
+                   description="Changes the role of the member named `provision` (see members/{username}).")
     def patch(self, request: Request, pool_id: UUID) -> Response:
         return MemberDetailApi().patch(request, pool_id=pool_id, username="provision")
 
+    @extend_schema(responses={204: None, **_errors(401, 403, 404)},
+                   description="Removes the member named `provision` (see members/{username}).")
     def delete(self, request: Request, pool_id: UUID) -> Response:
         return MemberDetailApi().delete(request, pool_id=pool_id, username="provision")
