@@ -13,12 +13,15 @@ so and stops the rest cleanly (a service manager restarts the whole stack).
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 
@@ -28,7 +31,11 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 
 
 def log(message: str) -> None:
-    print(f"[poolhub] {message}", flush=True)
+    if os.environ.get("LOG_FORMAT") == "json":  # the same one-object-per-line shape as the children
+        print(json.dumps({"ts": datetime.now(UTC).isoformat(), "level": "INFO", "logger": "poolhub.launcher",
+                          "message": message}), flush=True)
+    else:
+        print(f"[poolhub] {message}", flush=True)
 
 
 def ensure_local_secret_key(var_dir: Path) -> Path:
@@ -98,7 +105,17 @@ class Stack:
                 return f"the embedded {service.label} exited with code {service.process.returncode}"
         return None
 
+    def metrics_dir(self) -> None:
+        """Every web and worker process writes its metrics here (prometheus_client's multiprocess
+        mode); it must start empty, or a dead process's counts would be served again."""
+        path = Path(self.env.get("PROMETHEUS_MULTIPROC_DIR") or self.var_dir / "prometheus")
+        shutil.rmtree(path, ignore_errors=True)
+        path.mkdir(parents=True)
+        self.env["PROMETHEUS_MULTIPROC_DIR"] = str(path)
+
     def start_processes(self) -> None:
+        self.metrics_dir()
+        quiet = ["--quiet"] if self.env.get("LOG_FORMAT") == "json" else []  # no banner among JSON lines
         host = self.env.get("HOST", "127.0.0.1")
         port = self.env.get("PORT", "8000")
         bin_dir = Path(sys.executable).parent
@@ -108,11 +125,11 @@ class Stack:
                            self.env.get("UVICORN_LOG_LEVEL", "info")])
         log(f"web (ASGI: API, websockets, admin) on http://{host}:{port}/")
         concurrency = self.env.get("CELERY_CONCURRENCY", "2")
-        self.spawn("worker", [str(bin_dir / "celery"), "-A", "celery_app", "worker", "--loglevel", "INFO",
+        self.spawn("worker", [str(bin_dir / "celery"), "-A", "celery_app", *quiet, "worker", "--loglevel", "INFO",
                               "--concurrency", concurrency, "--prefetch-multiplier", "1", "-Q",
                               self.env.get("CELERY_QUEUE", "poolhub"), "--hostname", f"poolhub@{os.uname()[1]}"])
         log(f"Celery worker ({concurrency} processes)")
-        self.spawn("beat", [str(bin_dir / "celery"), "-A", "celery_app", "beat", "--loglevel", "INFO",
+        self.spawn("beat", [str(bin_dir / "celery"), "-A", "celery_app", *quiet, "beat", "--loglevel", "INFO",
                             "--schedule", str(self.var_dir / "celerybeat-schedule")])
         log("Celery beat")
 

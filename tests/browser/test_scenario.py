@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import tarfile
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +60,7 @@ def test_every_role_does_its_job_from_the_page(browser: Browser, tmp_path: Path,
     make_user("root-admin", admin=True)
 
     # Everyone: sign up (then logged in, in no pool yet).
-    dana = browser.open("dana")
+    dana = browser.open("dana", timezone_id="Asia/Kolkata")  # UTC+05:30: the page sends timestamps as UTC
     dana.shot("01-sign-up")
     dana.page.locator("#signup-form input[name=username]").fill("dana")
     dana.page.locator("#signup-form input[name=password]").fill(PASSWORD)
@@ -117,6 +118,9 @@ def test_every_role_does_its_job_from_the_page(browser: Browser, tmp_path: Path,
     dana.page.get_by_role("button", name="weather-stations").wait_for()
     tab(dana, "upload")
     sent = files(tmp_path)
+    when = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=5)
+    local = (when + timedelta(hours=5, minutes=30)).strftime("%Y-%m-%dT%H:%M:%S")
+    dana.page.locator("#upload-form input[name=timestamp]").fill(local)
     dana.page.locator("#upload-form input[name=files]").set_input_files([str(p) for p in sent])
     dana.page.locator("#upload-form button[type=submit]").click()
     items = dana.page.locator("#transfers li.transfer")
@@ -124,7 +128,7 @@ def test_every_role_does_its_job_from_the_page(browser: Browser, tmp_path: Path,
         item = items.filter(has_text=path.name)
         item.locator('.status:text-is("stored")').wait_for(timeout=60_000)
         assert item.locator("progress").evaluate("bar => bar.value") == 1
-    assert Upload.objects.filter(pool=pool, status="stored").count() == 3
+    assert list(Upload.objects.filter(pool=pool).values_list("status", "timestamp")) == [("stored", when)] * 3
     dana.shot("02-upload")
 
     # ...and downloads one back, byte-exact, from her history.
@@ -187,6 +191,13 @@ def test_every_role_does_its_job_from_the_page(browser: Browser, tmp_path: Path,
         boss.page.locator("#result-download").click()
     assert Path(download.value.path()).read_bytes() == result.read_bytes()
     shot = boss.shot("00-overview-result")
+
+    # The manager's usage counts what the pool holds now.
+    tab(boss, "manage")
+    boss.page.locator("#usage-box").wait_for()
+    boss.page.locator("#usage-results").filter(has_text="1").wait_for()
+    assert boss.page.locator("#usage-uploads").inner_text() == "3"
+    boss.shot("04-manage")
 
     # An admin sees every user's files.
     admin = browser.open("admin")

@@ -19,6 +19,8 @@ from django.conf import settings
 from django.http import HttpResponse, HttpResponseBase
 from django.urls import reverse
 from django.utils.http import http_date
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -92,6 +94,16 @@ def _body_reader(request: Request) -> tus.Reader:
     return lambda size: raw.read(size)
 
 
+def _header(name: str, description: str, required: bool = False) -> OpenApiParameter:
+    return OpenApiParameter(name, str, OpenApiParameter.HEADER, required=required, description=description)
+
+
+VERSION_HEADER = _header("Tus-Resumable", "1.0.0", required=True)
+BODY = {OFFSET_CONTENT_TYPE: OpenApiTypes.BINARY}
+ERRORS = {status: OpenApiResponse(description="the contract's error body") for status in
+          (400, 401, 403, 404, 409, 412, 413, 415, 460, 503)}
+
+
 class TusApi(APIView):
     """What both tus endpoints share: method override, version check, CORS, Tus-Resumable."""
 
@@ -161,6 +173,13 @@ class TusCreateApi(TusApi):
         pool = pool_access(user=_user(request), pool_id=kwargs["pool_id"])
         return self._discovery(request, tus.max_size_for(pool=pool))
 
+    @extend_schema(
+        request=BODY, parameters=[VERSION_HEADER, _header("Upload-Length", "the file's size", required=True),
+                                  _header("Upload-Metadata", "filename, timestamp (required), sha256 (base64 values)",
+                                          required=True),
+                                  _header("Upload-Checksum", "sha1|sha256 <base64> of a creation-with-upload body")],
+        responses={201: OpenApiResponse(description="created: Location, Upload-Expires (Upload-Offset, "
+                                                    "Poolhub-Upload-Id with a body)"), **ERRORS})
     def post(self, request: Request, pool_id: UUID) -> HttpResponse:
         if request.headers.get("Upload-Defer-Length"):
             raise BadRequest("Upload-Defer-Length is not supported: send Upload-Length",
@@ -199,6 +218,9 @@ class TusUploadApi(TusApi):
         pool = pool_access(user=_user(request), pool_id=upload.pool_id)
         return self._discovery(request, max_bytes_for(pool=pool))
 
+    @extend_schema(parameters=[VERSION_HEADER],
+                   responses={200: OpenApiResponse(description="Upload-Offset, Upload-Length, Upload-Expires"),
+                              **ERRORS})
     def head(self, request: Request, tus_id: str) -> HttpResponseBase:
         upload = tus.tus_get(user=_user(request), tus_id=tus_id)
         response = HttpResponse(status=200)
@@ -207,6 +229,11 @@ class TusUploadApi(TusApi):
             response["Upload-Metadata"] = upload.metadata
         return _upload_headers(response, upload)
 
+    @extend_schema(
+        request=BODY, parameters=[VERSION_HEADER, _header("Upload-Offset", "where these bytes go", required=True),
+                                  _header("Upload-Checksum", "sha1|sha256 <base64> of this request's bytes")],
+        responses={204: OpenApiResponse(description="Upload-Offset (and Poolhub-Upload-Id when complete)"),
+                   **ERRORS})
     def patch(self, request: Request, tus_id: str) -> HttpResponseBase:
         if _content_type(request) != OFFSET_CONTENT_TYPE:
             raise NotOffsetStream()
@@ -218,6 +245,7 @@ class TusUploadApi(TusApi):
                                checksum=tus.checksum_parse(request.headers.get("Upload-Checksum")))
         return _upload_headers(HttpResponse(status=204), upload)
 
+    @extend_schema(parameters=[VERSION_HEADER], responses={204: None, **ERRORS})
     def delete(self, request: Request, tus_id: str) -> HttpResponse:
         tus.tus_terminate(user=_user(request), tus_id=tus_id)
         return HttpResponse(status=204)
