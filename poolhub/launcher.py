@@ -19,6 +19,7 @@ from types import FrameType
 from poolhub.embedded import EmbeddedService, die_with_parent, start_filestore, start_redis
 
 BASE_DIR = Path(__file__).resolve().parent.parent
+BIN_DIR = Path(sys.executable).parent
 
 
 def log(message: str) -> None:
@@ -37,9 +38,20 @@ def ensure_local_secret_key(var_dir: Path) -> Path:
     return path
 
 
+def web_args(*, host: str, port: str, log_level: str, processes: int = 1) -> list[str]:
+    """The ASGI server's command line (`make bench` starts the same)."""
+    args = [str(BIN_DIR / "uvicorn"), "poolhub.asgi:application", "--host", host, "--port", port,
+            "--ws", "websockets-sansio", "--lifespan", "off", "--no-server-header",
+            "--timeout-graceful-shutdown", "10", "--log-level", log_level]
+    return [*args, "--workers", str(processes)] if processes > 1 else args
+
+
 class Stack:
-    def __init__(self) -> None:
-        self.env = dict(os.environ)
+    """The processes of one stack; `make bench` reuses it with its children's output in log files."""
+
+    def __init__(self, env: dict[str, str] | None = None, log_dir: Path | None = None) -> None:
+        self.env = dict(os.environ if env is None else env)
+        self.log_dir = log_dir
         self.var_dir = Path(self.env.get("POOLHUB_VAR_DIR") or BASE_DIR / "var")
         self.env["POOLHUB_VAR_DIR"] = str(self.var_dir)
         self.embedded: list[EmbeddedService] = []
@@ -69,25 +81,42 @@ class Stack:
         subprocess.run([sys.executable, "manage.py", *args], cwd=BASE_DIR, env=self.env, check=True,
                        preexec_fn=die_with_parent)
 
-    def spawn(self, name: str, args: list[str]) -> None:
-        self.children[name] = subprocess.Popen(args, cwd=BASE_DIR, env=self.env, preexec_fn=die_with_parent,
-                                               stdin=subprocess.DEVNULL)
+    def spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
+        """Start a child; with `log_dir`, its output goes to `<name>.log` there."""
+        out = None
+        if self.log_dir is not None:
+            out = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - the child holds it; closed below
+        try:
+            child = subprocess.Popen(args, cwd=BASE_DIR, env=self.env, preexec_fn=die_with_parent,
+                                     stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT if out else None)
+        finally:
+            if out is not None:
+                out.close()
+        self.children[name] = child
+        return child
 
     def start_processes(self) -> None:
+        self.start_web()
+        self.start_worker()
+        self.start_beat()
+
+    def start_web(self, processes: int = 1) -> None:
         host = self.env.get("HOST", "127.0.0.1")
         port = self.env.get("PORT", "8000")
-        bin_dir = Path(sys.executable).parent
-        self.spawn("web", [str(bin_dir / "uvicorn"), "poolhub.asgi:application", "--host", host, "--port", port,
-                           "--ws", "websockets-sansio", "--lifespan", "off", "--no-server-header",
-                           "--timeout-graceful-shutdown", "10", "--log-level",
-                           self.env.get("UVICORN_LOG_LEVEL", "info")])
-        log(f"web (ASGI: API, websockets, admin) on http://{host}:{port}/")
+        self.spawn("web", web_args(host=host, port=port, log_level=self.env.get("UVICORN_LOG_LEVEL", "info"),
+                                   processes=processes))
+        log(f"web (ASGI: API, websockets, admin) on http://{host}:{port}/ ({processes} process(es))")
+
+    def start_worker(self, loglevel: str = "INFO") -> None:
         concurrency = self.env.get("CELERY_CONCURRENCY", "2")
-        self.spawn("worker", [str(bin_dir / "celery"), "-A", "celery_app", "worker", "--loglevel", "INFO",
-                              "--concurrency", concurrency, "--prefetch-multiplier", "1", "-Q",
-                              self.env.get("CELERY_QUEUE", "poolhub"), "--hostname", f"poolhub@{os.uname()[1]}"])
+        queue = self.env.get("CELERY_QUEUE", "poolhub")
+        self.spawn("worker", [str(BIN_DIR / "celery"), "-A", "celery_app", "worker", "--loglevel", loglevel,
+                              "--concurrency", concurrency, "--prefetch-multiplier", "1", "-Q", queue,
+                              "--hostname", f"{queue}@{os.uname()[1]}"])
         log(f"Celery worker ({concurrency} processes)")
-        self.spawn("beat", [str(bin_dir / "celery"), "-A", "celery_app", "beat", "--loglevel", "INFO",
+
+    def start_beat(self) -> None:
+        self.spawn("beat", [str(BIN_DIR / "celery"), "-A", "celery_app", "beat", "--loglevel", "INFO",
                             "--schedule", str(self.var_dir / "celerybeat-schedule")])
         log("Celery beat")
 
