@@ -23,7 +23,13 @@ $(CLIENT_STAMP): $(STAMP) client/pyproject.toml
 run: $(STAMP)
 	$(BIN)/python -m poolhub.launcher
 
+# The browser tests (tests/browser) run when a chromium is found ($$POOLHUB_CHROMIUM or /usr/bin/chromium).
 test: $(STAMP)
+	@chromium="$${POOLHUB_CHROMIUM:-/usr/bin/chromium}"; if [ -x "$$chromium" ]; then \
+		echo "browser tests: running with $$chromium"; \
+	else \
+		echo "browser tests: SKIPPED, no chromium at $$chromium (apt-get install chromium, or set POOLHUB_CHROMIUM)"; \
+	fi
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # A whole round against a running `make run`: POOLHUB_URL (default http://127.0.0.1:8000), the admin from

@@ -23,8 +23,17 @@ from rest_framework_simplejwt.exceptions import TokenError
 from rest_framework_simplejwt.tokens import RefreshToken, Token
 
 from accounts.hashers import generated_secret, generated_secret_hash
+from accounts.login_guard import login_failure_record, login_guard_check
 from accounts.models import Membership, Pool, Role, User
-from accounts.tokens import RefreshTokenSpent, access_token_deny, refresh_token_spend, token_pair_for
+from accounts.tokens import (
+    RefreshTokenSpent,
+    access_token_deny,
+    refresh_token_spend,
+    refresh_tokens_revoke_all,
+    token_pair_issue,
+    user_tokens_allow,
+    user_tokens_deny,
+)
 from poolhub.errors import ApiError, BadRequest, Conflict, NotFound, Unavailable
 
 
@@ -32,13 +41,19 @@ def _invalid(field: str, message: str, code: str = "invalid") -> BadRequest:
     return BadRequest(f"{field}: {message}", code=code, details={"fields": {field: [message]}})
 
 
-def user_signup(*, username: str, password: str) -> User:
-    candidate = User(username=username)
+def _password_validate(password: str, *, user: User, field: str = "password") -> None:
     try:
-        validate_password(password, user=candidate)
+        validate_password(password, user=user)
     except DjangoValidationError as exc:
-        raise BadRequest("password: " + " ".join(exc.messages), code="weak_password",
-                         details={"fields": {"password": list(exc.messages)}}) from exc
+        raise BadRequest(f"{field}: " + " ".join(exc.messages), code="weak_password",
+                         details={"fields": {field: list(exc.messages)}}) from exc
+
+
+def user_signup(*, username: str, password: str) -> User:
+    # "RT1" in fullwidth letters and "RT1" are one name to a human: compatibility forms fold before the check (Django
+    # stores names NFKC-normalised; the database refuses two that differ only in case).
+    username = User.normalize_username(username)
+    _password_validate(password, user=User(username=username))
     taken = Conflict("username: this username is taken", code="username_taken",
                      details={"fields": {"username": ["this username is taken"]}})
     # "Alice" and "alice" would be two accounts a human cannot tell apart.
@@ -51,11 +66,15 @@ def user_signup(*, username: str, password: str) -> User:
         raise taken from exc
 
 
-def user_login(*, username: str, password: str) -> tuple[User, dict[str, str]]:
-    user = authenticate(username=username, password=password)
+def user_login(*, username: str, password: str, address: str) -> tuple[User, dict[str, str]]:
+    """Failed logins are counted per account and per address (accounts.login_guard): past either
+    limit, 429 before the password is checked."""
+    login_guard_check(username=username, address=address)
+    user = authenticate(username=User.normalize_username(username), password=password)
     if not isinstance(user, User) or not user.is_active:
+        login_failure_record(username=username, address=address)
         raise ApiError("wrong username or password", code="invalid_credentials", status_code=401)
-    return user, token_pair_for(user=user)
+    return user, token_pair_issue(user=user)
 
 
 def token_refresh(*, refresh: str) -> dict[str, str]:
@@ -73,7 +92,7 @@ def token_refresh(*, refresh: str) -> dict[str, str]:
         refresh_token_spend(token=token, user=user)
     except RefreshTokenSpent as exc:  # a concurrent refresh spent it first
         raise ApiError("the refresh token was already used", code="token_revoked", status_code=401) from exc
-    return token_pair_for(user=user)
+    return token_pair_issue(user=user)
 
 
 def user_logout(*, user: User, access: Token | dict[str, Any] | None, refresh: str | None) -> None:
@@ -95,6 +114,38 @@ def user_logout(*, user: User, access: Token | dict[str, Any] | None, refresh: s
         from notifications.services import access_token_revoked  # live sockets on this token close now
 
         transaction.on_commit(lambda: access_token_revoked(user_id=user.id, jti=str(access["jti"])))
+
+
+def user_password_change(*, user: User, current_password: str, new_password: str,
+                         access: Token | dict[str, Any] | None, refresh: str | None) -> dict[str, str]:
+    """Check the current password, set the new one, revoke the session in hand and start a new one."""
+    if not user.check_password(current_password):
+        raise _invalid("current_password", "the current password is wrong")
+    _password_validate(new_password, user=user, field="new_password")
+    with transaction.atomic():
+        user.set_password(new_password)
+        user.save(update_fields=["password"])
+        user_logout(user=user, access=access, refresh=refresh)
+        refresh_tokens_revoke_all(user=user)  # every session started with the old password ends
+    return token_pair_issue(user=user)
+
+
+def user_active_set(*, user: User, active: bool) -> None:
+    """Deactivate (or reactivate) an account. Deactivation ends everything at once: its refresh
+    tokens are revoked, its access tokens denied (REST and every websocket frame check it), and
+    its open sockets are closed."""
+    with transaction.atomic():
+        User.objects.filter(id=user.id).update(is_active=active)
+        user.is_active = active
+        if active:
+            user_tokens_allow(user_id=user.id)
+            return
+        refresh_tokens_revoke_all(user=user)
+        user_tokens_deny(user_id=user.id)
+        from notifications.services import access_token_revoked  # its open sockets close now
+
+        user_id = user.id
+        transaction.on_commit(lambda: access_token_revoked(user_id=user_id, jti=None))
 
 
 def pool_create(*, data: dict[str, Any]) -> Pool:

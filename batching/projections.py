@@ -19,6 +19,7 @@ STATUS_AFTER: dict[str, GroupStatus] = {
     "group.lease_revoked": GroupStatus.CLOSED,
     "group.reopened": GroupStatus.OPEN,
     "result.available": GroupStatus.COMPLETED,
+    "group.skipped": GroupStatus.SKIPPED,  # closed by time with too few contributors (docs/lifecycle.md)
 }
 
 
@@ -28,7 +29,7 @@ def group_state(events: Iterable[Event]) -> tuple[str, int, datetime | None]:
     for event in events:
         version = event.version
         status = STATUS_AFTER.get(event.type, status)
-        if event.type == "group.closed":
+        if event.type in ("group.closed", "group.skipped"):
             closed_at = event.at
         elif event.type == "group.reopened":
             closed_at = None

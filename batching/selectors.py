@@ -29,7 +29,8 @@ def group_paths(*, group_id: UUID | str) -> dict[str, str]:
 
 
 def with_stats(groups: QuerySet[Group]) -> QuerySet[Group]:
-    return groups.annotate(upload_count=Count("uploads"), bytes=Coalesce(Sum("uploads__size"), Value(0)))
+    return groups.annotate(upload_count=Count("uploads"), bytes=Coalesce(Sum("uploads__size"), Value(0)),
+                           contributor_count=Count("uploads__uploader", distinct=True))
 
 
 def group_get_for(*, user: User, group_id: UUID | str, roles: Iterable[Role] | None = None) -> Group:
@@ -82,7 +83,8 @@ def group_manifest(*, group: Group) -> list[dict[str, Any]]:
 
 def group_failed_uploads(*, group: Group) -> list[str]:
     return [str(upload_id) for upload_id in
-            Upload.objects.filter(group=group, status=UploadStatus.FAILED).values_list("id", flat=True)]
+            Upload.objects.filter(group=group, status=UploadStatus.FAILED).order_by("timestamp", "id")
+            .values_list("id", flat=True)]
 
 
 def result_latest(*, pool: Pool) -> Result:

@@ -3,7 +3,9 @@
 Every state change of a group is an event on the group's stream, appended in the transaction
 that saves the group's projection row (`status`). Writers lock the group row first
 (`select_for_update`; on SQLite the IMMEDIATE transactions serialize writers), so two writers
-never append at the same version.
+never append at the same version. Uploads joining a group take only a key-share lock on its
+row (`FOR KEY SHARE`): they never wait for each other, and a close or claim (`FOR UPDATE`)
+waits until the uploads already joining have committed, so none slips into an exported group.
 """
 
 from __future__ import annotations
@@ -15,18 +17,18 @@ from datetime import datetime, timedelta
 from typing import IO, Any
 from uuid import UUID, uuid4
 
-from django.db import IntegrityError, connection, transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
-from accounts.models import LatePolicy, Pool, User
+from accounts.models import LatePolicy, Pool, ShortRoundPolicy, User
 from batching import webhooks
 from batching.models import Group, GroupStatus, Lease, LeaseEnd, Result
 from batching.selectors import group_lineage, group_upload_counts, result_content_path
 from batching.windows import window_bounds
+from lifecycle.services import pool_bytes_add
 from poolhub.errors import BadRequest, Conflict, Forbidden, Unavailable
 from poolhub.filestore import Bucket, FileStoreError, StoredFile, file_delete, file_write, io_chunks
 from uploads.checks import timestamp_age_check
-from uploads.events import _EVENT_LOG_LOCK as EVENT_LOG_LOCK
 from uploads.events import event_append
 
 logger = logging.getLogger(__name__)
@@ -41,14 +43,8 @@ def _now() -> datetime:
 
 
 def _locked(group_id: UUID | str) -> Group:
-    """The group row, locked for this transaction, after the event log's lock.
-
-    Always in that order: `event_append` holds one advisory lock for the whole log until commit,
-    and an upload's transaction takes it before touching a group row (its insert's foreign-key
-    lock). Locking the group first and the log second would deadlock against it on PostgreSQL.
-    """
-    _event_log_lock()
-    return Group.objects.select_for_update().select_related("pool").get(id=group_id)
+    """The group row, locked for this transaction (FOR UPDATE: waits for uploads joining it)."""
+    return Group.objects.select_for_update(of=("self",)).select_related("pool").get(id=group_id)
 
 
 def _append(group: Group, type: str, data: dict[str, Any]) -> Any:
@@ -75,16 +71,19 @@ def group_is_due(*, group: Group, pool: Pool, now: datetime) -> bool:
 
 
 def _window_group(*, pool: Pool, start: datetime, end: datetime, create: bool = True) -> Group | None:
-    """The window's group, locked against a concurrent claim (FOR NO KEY UPDATE: uploads joining it
-    do not wait for each other on it), created on first use."""
-    group = Group.objects.select_for_update(no_key=True).filter(pool=pool, window_start=start).first()
-    if group is not None or not create:
-        return group
-    try:
-        with transaction.atomic():
-            return Group.objects.create(pool=pool, window_start=start, window_end=end)
-    except IntegrityError:  # another request created it first
-        return Group.objects.select_for_update(no_key=True).get(pool=pool, window_start=start)
+    """The window's group, created on first use, key-share locked until the caller's transaction
+    ends: a close or claim (FOR UPDATE) waits for it, other uploads do not.
+
+    Get-or-create by the unique (pool, window_start) constraint: `INSERT ... ON CONFLICT DO
+    NOTHING`, then read; two requests creating the same window both end up with the one row."""
+    if create:
+        Group.objects.bulk_create([Group(pool=pool, window_start=start, window_end=end)], ignore_conflicts=True)
+    groups = Group.objects.filter(pool=pool, window_start=start)
+    if connection.vendor != "postgresql":  # SQLite: one writer at a time, no row locks
+        return groups.first()
+    # FOR KEY SHARE: Django's ORM has no spelling for it (select_for_update gives the stronger ones).
+    sql, params = groups.query.sql_with_params()
+    return next(iter(Group.objects.raw(f"{sql} FOR KEY SHARE", params)), None)
 
 
 def _accepts_on_time(*, group: Group | None, pool: Pool, end: datetime, now: datetime) -> bool:
@@ -106,14 +105,6 @@ def _next_open_group(*, pool: Pool, at: datetime, now: datetime) -> Group:
     raise Conflict("no open window to place this upload in", code="late_upload")
 
 
-def _event_log_lock() -> None:
-    """Take the event log's lock (as `event_append` does) before any group row lock: always in
-    that order, or two transactions could each hold one and wait for the other (PostgreSQL)."""
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [EVENT_LOG_LOCK])
-
-
 def group_for_upload(*, pool: Pool, timestamp: datetime) -> Group:
     """The group an upload with this timestamp joins; call it inside the upload's transaction.
 
@@ -126,7 +117,6 @@ def group_for_upload(*, pool: Pool, timestamp: datetime) -> Group:
     """
     timestamp_age_check(timestamp=timestamp, pool=pool)  # every way in: REST, batch, socket, tus
     with transaction.atomic():
-        _event_log_lock()
         now = _now()
         start, end = window_bounds(origin=pool.origin, window_seconds=pool.window_seconds, at=timestamp)
         own = _window_group(pool=pool, start=start, end=end, create=False)
@@ -147,7 +137,10 @@ def group_for_upload(*, pool: Pool, timestamp: datetime) -> Group:
         else:
             target = _next_open_group(pool=pool, at=max(now, end), now=now)
         assert target is not None
-        locked = _locked(target.id)
+        # FOR NO KEY UPDATE, not _locked's FOR UPDATE: it does not wait for the key-share locks
+        # of uploads joining the group (two of them each waiting for the other's would deadlock);
+        # late uploads to one group append to its stream one at a time.
+        locked = Group.objects.select_for_update(no_key=True, of=("self",)).select_related("pool").get(id=target.id)
         _append(locked, "group.late_upload", {
             "group": str(locked.id), "timestamp": timestamp.isoformat(), "window_start": start.isoformat(),
             "policy": pool.late_policy, "moved": locked.window_start != start,
@@ -160,10 +153,10 @@ def _close_rules_on_commit(*, pool: Pool, group: Group) -> None:
     """Once the upload's transaction commits (so it counts), check the pool's close rules."""
     if pool.close_min_uploads is None and pool.close_min_contributors is None:
         return
-    from batching.tasks import check_close_rules  # late: tasks import this module
+    from batching import tasks  # late: tasks import this module
 
     group_id = str(group.id)
-    transaction.on_commit(lambda: check_close_rules.delay(group_id))
+    transaction.on_commit(lambda: tasks.group_close_if_rules_met.delay(group_id))
 
 
 # --- closing -----------------------------------------------------------------------------------
@@ -184,6 +177,43 @@ def group_close(*, group_id: UUID | str, reason: str) -> Group:
     return group
 
 
+def group_close_by_time(*, group_id: UUID | str, now: datetime | None = None) -> Group:
+    """Beat's close of a due window. A pool with `min_contributors` exports a window only when that
+    many distinct uploaders contributed; otherwise, by its `short_round_policy`, the window's
+    uploads roll into the next open window (`roll`) or stay (`skip`), and the group ends `skipped`
+    (`group.skipped`; no `group.closed`, no webhook, never exported)."""
+    with transaction.atomic():
+        group = _locked(group_id)
+        pool = group.pool
+        if group.status != GroupStatus.OPEN or pool.min_contributors is None:
+            contributors = None
+        else:
+            contributors = group.uploads.values("uploader_id").distinct().count()
+        if contributors is not None and pool.min_contributors is not None and contributors < pool.min_contributors:
+            return _group_skip(group=group, contributors=contributors, now=now or _now())
+    return group_close(group_id=group_id, reason="time")
+
+
+def _group_skip(*, group: Group, contributors: int, now: datetime) -> Group:
+    from uploads.services import upload_regroup  # late: uploads' services import this module
+
+    pool = group.pool
+    data: dict[str, Any] = {"group": str(group.id), "contributors": contributors,
+                            "min_contributors": pool.min_contributors, "policy": pool.short_round_policy}
+    if pool.short_round_policy == ShortRoundPolicy.ROLL:
+        target = _next_open_group(pool=pool, at=max(now, group.window_end), now=now)
+        for upload in list(group.uploads.all()):
+            upload_regroup(upload=upload, group=target, reason="rolled")
+        data["rolled_into"] = str(target.id)
+    group.status = GroupStatus.SKIPPED
+    group.hold_until = None
+    event = _append(group, "group.skipped", data)
+    _closed_at(group, event.at)
+    logger.info("group %s skipped: %d of %s contributors (%s)", group.id, contributors, pool.min_contributors,
+                pool.short_round_policy)
+    return group
+
+
 def group_close_rules_met(*, group: Group, pool: Pool) -> bool:
     if pool.close_min_uploads is not None and group.uploads.count() >= pool.close_min_uploads:
         return True
@@ -194,7 +224,7 @@ def group_close_rules_met(*, group: Group, pool: Pool) -> bool:
     return False
 
 
-def group_check_close_rules(*, group_id: UUID | str) -> Group | None:
+def group_close_if_rules_met(*, group_id: UUID | str) -> Group | None:
     group = Group.objects.select_related("pool").filter(id=group_id).first()
     if group is None or group.status != GroupStatus.OPEN:
         return group
@@ -211,7 +241,7 @@ def groups_close_due(*, now: datetime | None = None) -> list[UUID]:
     candidates = list(Group.objects.filter(status=GroupStatus.OPEN, window_end__lte=now).select_related("pool"))
     for group in candidates:
         if group_is_due(group=group, pool=group.pool, now=now):
-            group_close(group_id=group.id, reason="time")
+            group_close_by_time(group_id=group.id, now=now)
             closed.append(group.id)
     ruled = Group.objects.filter(status=GroupStatus.OPEN).exclude(
         pool__close_min_uploads__isnull=True, pool__close_min_contributors__isnull=True
@@ -375,6 +405,7 @@ def _result_commit(*, group_id: UUID, lease_id: UUID, result_id: UUID, stored: S
             upload_ids=[str(upload_id) for upload_id in group_lineage(group=group)],
         )
         _lease_end(group=group, lease=lease, reason=LeaseEnd.COMPLETED, now=_now())
+        pool_bytes_add(pool_id=group.pool_id, size=result.size)
         group.status = GroupStatus.COMPLETED
         _append(group, "result.available", {
             "group": str(group.id), "result_id": str(result.id), "size": result.size, "sha256": result.sha256,

@@ -25,7 +25,7 @@ import logging
 import socket
 from datetime import timedelta
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import httpx
 from django.conf import settings
@@ -33,9 +33,10 @@ from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
+from accounts.models import Pool
 from batching.models import Group, WebhookDelivery
 from batching.selectors import group_paths
-from poolhub.errors import BadRequest
+from poolhub.errors import BadRequest, Conflict
 
 logger = logging.getLogger(__name__)
 
@@ -98,8 +99,12 @@ def webhook_url_check(*, url: str) -> None:
     try:
         webhook_resolve(url=url)
     except WebhookAddressRefused as exc:
-        raise BadRequest(f"webhook_url: {exc}", code="invalid",
-                         details={"field": "webhook_url", "fields": {"webhook_url": [str(exc)]}}) from exc
+        raise _url_refused(exc) from exc
+
+
+def _url_refused(exc: WebhookAddressRefused) -> BadRequest:
+    return BadRequest(f"webhook_url: {exc}", code="invalid",
+                      details={"field": "webhook_url", "fields": {"webhook_url": [str(exc)]}})
 
 
 def _post_pinned(url: str, *, body: bytes, headers: dict[str, str]) -> httpx.Response:
@@ -140,10 +145,10 @@ def webhook_schedule(*, group: Group, event_seq: int, reason: str) -> WebhookDel
     payload["delivery_id"] = str(delivery.id)
     delivery.payload = payload
     delivery.save(update_fields=["payload"])
-    from batching.tasks import deliver_webhook  # late: tasks import services, which import this
+    from batching import tasks  # late: tasks import services, which import this
 
     delivery_id = str(delivery.id)
-    transaction.on_commit(lambda: deliver_webhook.delay(delivery_id))
+    transaction.on_commit(lambda: tasks.webhook_deliver.delay(delivery_id))
     return delivery
 
 
@@ -155,13 +160,39 @@ def _body(delivery: WebhookDelivery) -> tuple[bytes, int]:
 
 
 def _headers(delivery: WebhookDelivery, body: bytes, timestamp: int) -> dict[str, str]:
+    return _signed_headers(secret=delivery.pool.webhook_secret, body=body, timestamp=timestamp,
+                           delivery_id=str(delivery.id), event=str(delivery.payload.get("type", "")))
+
+
+def _signed_headers(*, secret: str, body: bytes, timestamp: int, delivery_id: str, event: str) -> dict[str, str]:
     headers = {"Content-Type": "application/json", "User-Agent": "poolhub-webhook/1",
-               TIMESTAMP_HEADER: str(timestamp), DELIVERY_HEADER: str(delivery.id),
-               EVENT_HEADER: str(delivery.payload.get("type", ""))}
-    secret = delivery.pool.webhook_secret
+               TIMESTAMP_HEADER: str(timestamp), DELIVERY_HEADER: delivery_id, EVENT_HEADER: event}
     if secret:
         headers[SIGNATURE_HEADER] = webhook_signature(secret=secret, body=body)
     return headers
+
+
+def webhook_send_test(*, pool: Pool) -> dict[str, Any]:
+    """A `webhook.test` call to the pool's webhook URL now (a manager's "send test delivery"):
+    signed and checked like every delivery, but neither recorded nor retried. Says what the
+    receiver answered; a refused address is 400 `invalid` like setting it."""
+    if not pool.webhook_url:
+        raise Conflict("the pool has no webhook URL", details={"field": "webhook_url"})
+    sent_at = timezone.now()
+    delivery_id = str(uuid4())
+    body = json.dumps({"type": "webhook.test", "pool": str(pool.id), "delivery_id": delivery_id,
+                       "sent_at": sent_at.isoformat()}, separators=(",", ":"), sort_keys=True).encode()
+    headers = _signed_headers(secret=pool.webhook_secret, body=body, timestamp=int(sent_at.timestamp()),
+                              delivery_id=delivery_id, event="webhook.test")
+    try:
+        response = _post_pinned(pool.webhook_url, body=body, headers=headers)
+    except WebhookAddressRefused as exc:
+        raise _url_refused(exc) from exc
+    except httpx.HTTPError as exc:
+        return {"delivered": False, "status": None, "error": f"{type(exc).__name__}: {exc}"}
+    delivered = 200 <= response.status_code < 300
+    return {"delivered": delivered, "status": response.status_code,
+            "error": "" if delivered else f"HTTP {response.status_code}"}
 
 
 def _record(delivery: WebhookDelivery, **fields: Any) -> None:
@@ -220,9 +251,9 @@ def webhook_redeliver(*, delivery_id: UUID | str) -> None:
     """Admin: try a delivery again, with a fresh set of attempts."""
     WebhookDelivery.objects.filter(id=delivery_id).update(status=WebhookDelivery.Status.PENDING, attempts=0,
                                                           last_error="", updated_at=timezone.now())
-    from batching.tasks import deliver_webhook
+    from batching import tasks
 
-    transaction.on_commit(lambda: deliver_webhook.delay(str(delivery_id)))
+    transaction.on_commit(lambda: tasks.webhook_deliver.delay(str(delivery_id)))
 
 
 def webhooks_redrive_stuck(*, older_than: timedelta | None = None) -> int:
@@ -238,13 +269,13 @@ def webhooks_redrive_stuck(*, older_than: timedelta | None = None) -> int:
                 | Q(status=WebhookDelivery.Status.SENDING, updated_at__lt=now - timedelta(seconds=CLAIM_SECONDS)))
 
     stuck = list(WebhookDelivery.objects.filter(stuck_filter()).values_list("id", flat=True)[:1000])
-    from batching.tasks import deliver_webhook
+    from batching import tasks
 
     sent = 0
     for delivery_id in stuck:
         taken = WebhookDelivery.objects.filter(stuck_filter(), id=delivery_id).update(
             status=WebhookDelivery.Status.PENDING, updated_at=timezone.now())
         if taken:
-            deliver_webhook.delay(str(delivery_id))
+            tasks.webhook_deliver.delay(str(delivery_id))
             sent += 1
     return sent

@@ -25,7 +25,7 @@ import psutil
 
 from bench import tus_node
 from poolhub import launcher
-from poolhub.embedded import die_with_parent, free_port
+from poolhub.embedded import free_port, private_child
 
 BASE_DIR = launcher.BASE_DIR
 BIN = launcher.BIN_DIR
@@ -33,13 +33,6 @@ BIN = launcher.BIN_DIR
 
 def log(message: str) -> None:
     print(f"[bench] {message}", file=sys.stderr, flush=True)
-
-
-def bare_args(port: int) -> list[str]:
-    """The bare baseline under the same uvicorn flags as poolhub's web process."""
-    args = launcher.web_args(host="127.0.0.1", port=str(port), log_level="warning")
-    args[args.index("poolhub.asgi:application")] = "bench.bare_app:app"
-    return args
 
 
 class Stack(launcher.Stack):
@@ -87,17 +80,20 @@ class Stack(launcher.Stack):
 
     def manage(self, *args: str) -> None:
         subprocess.run([sys.executable, "manage.py", *args], cwd=BASE_DIR, env=self.env, check=True,
-                       stdout=subprocess.DEVNULL, preexec_fn=die_with_parent)
+                       stdout=subprocess.DEVNULL, preexec_fn=private_child)
 
     # --- children -----------------------------------------------------------------------------
     def start_servers(self, web_processes: int) -> None:
         self.ports["poolhub"] = free_port()
         self.env["PORT"], self.env["HOST"] = str(self.ports["poolhub"]), "127.0.0.1"
         self.web_processes = web_processes
+        self.metrics_dir()
         self.start_web(web_processes)
         self.start_worker(loglevel=self.env.get("BENCH_WORKER_LOGLEVEL", "WARNING"))
         self.ports["bare"] = free_port()
-        self.spawn("bare", bare_args(self.ports["bare"]))
+        bare = self.web_args(app="bench.bare_app:app")  # the same uvicorn flags as poolhub's web process
+        bare[bare.index("--port") + 1] = str(self.ports["bare"])
+        self.spawn("bare", bare)
         concurrency = self.env.get("CELERY_CONCURRENCY", "2")
         self.config["web"] = ("the launcher's uvicorn command (poolhub.asgi:application --ws websockets-sansio "
                               "--lifespan off); 1 process, 2 where a figure says so")
@@ -156,7 +152,7 @@ class Stack(launcher.Stack):
             try:
                 self.loadgens.append(subprocess.Popen(
                     [sys.executable, "-m", "bench.loadgen"], cwd=BASE_DIR, env=self.env, stdin=subprocess.PIPE,
-                    stdout=subprocess.PIPE, stderr=err, text=True, preexec_fn=die_with_parent))
+                    stdout=subprocess.PIPE, stderr=err, text=True, preexec_fn=private_child))
             finally:
                 err.close()
             self.call("setup", on=len(self.loadgens) - 1, ports=self.ports)

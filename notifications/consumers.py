@@ -1,4 +1,4 @@
-"""The websocket gateway at /ws/ (API.md, "Websocket"); docs/realtime.md describes the protocol.
+"""The websocket gateway at /ws/ (docs/api.md, "Websocket"); docs/realtime.md describes the protocol.
 
 One consumer per socket. It authenticates (a first `connect` frame, or `bearer.<token>` offered
 in `Sec-WebSocket-Protocol`), joins the channel-layer groups of its user (the user's own, the
@@ -251,7 +251,8 @@ class GatewayConsumer(AsyncJsonWebsocketConsumer):
         await self.send_json(reply)
 
     async def _token_revoked(self) -> bool:
-        return bool(self.jti) and await gateway.jti_is_denied_async(jti=str(self.jti))
+        user_id = self.user.pk if self.user is not None else None
+        return bool(self.jti) and await gateway.jti_is_denied_async(jti=str(self.jti), user_id=user_id)
 
     def _set_timer(self, coroutine: Awaitable[None]) -> None:
         if self.timer is not None:

@@ -16,6 +16,7 @@ from django.db.models import Q, QuerySet
 
 from batching.selectors import result_content_path
 from uploads.models import Event
+from uploads.selectors import events_committed
 
 UPLOAD_PREFIX = "upload."
 POOL_EVENT_TYPES = ("group.closed", "result.available")
@@ -98,7 +99,7 @@ def notification_events(*, user_id: UUID | str, is_admin: bool, pool_ids: Iterab
     if not is_admin:
         upload_events &= Q(user_id=user_id)
     pool_events = Q(type__in=POOL_EVENT_TYPES, pool_id__in=[str(p) for p in pool_ids])
-    return Event.objects.filter(upload_events | pool_events, seq__gt=after).order_by("seq")
+    return events_committed(Event.objects.filter(upload_events | pool_events, seq__gt=after)).order_by("seq")
 
 
 def notifications_for(*, events: Iterable[Event], user_id: UUID | str, is_admin: bool,

@@ -1,4 +1,5 @@
-"""The one streaming helper for HTTP downloads (upload content, result content, group archive).
+"""The one streaming helper for HTTP downloads (upload content, result content, group archive),
+with HTTP Range (RFC 9110) on top: `ranged_download`.
 
 Every download is an attachment that a browser never renders or sniffs: `Content-Disposition:
 attachment`, `X-Content-Type-Options: nosniff`, `Content-Security-Policy: default-src 'none';
@@ -14,18 +15,29 @@ Django serves a *sync* iterator under ASGI by first reading it whole into a list
 warning); an async iterator is served chunk by chunk. So under ASGI the sync source is pulled one
 chunk at a time in a worker thread, and the ASGI server's flow control (each send awaits a slow
 reader) bounds what is buffered.
+
+Ranges: `Accept-Ranges: bytes` and a strong `ETag` on every answer; a single `Range: bytes=...`
+is answered 206 with `Content-Range` and only those bytes are read from the source; a range
+that starts past the end is 416 with `Content-Range: bytes */<length>`; `If-Range` with any
+other validator than the current strong ETag (another ETag, a weak one, a date) gets the whole
+body. A malformed Range header or several ranges are ignored (200 with the whole body), as RFC
+9110 allows. Parsing is werkzeug's (`parse_range_header`, `parse_if_range_header`), a well-kept
+implementation of these headers' grammar.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any
 
 from django.core.handlers.asgi import ASGIRequest
-from django.http import StreamingHttpResponse
+from django.http import HttpResponseBase, JsonResponse, StreamingHttpResponse
 from django.utils.http import content_disposition_header
+from werkzeug.http import parse_if_range_header, parse_range_header
+
+from poolhub.errors import error_body
 
 SANDBOX = "default-src 'none'; sandbox"
 
@@ -110,3 +122,53 @@ def streamed_download(*, request: Any, source: Iterator[bytes], length: int, fil
     for name, value in (headers or {}).items():
         response[name] = value
     return response
+
+
+class _Unsatisfiable:
+    """The requested range starts at or past the end."""
+
+
+UNSATISFIABLE = _Unsatisfiable()
+
+
+def requested_span(*, headers: Mapping[str, str], length: int, etag: str) -> tuple[int, int] | _Unsatisfiable | None:
+    """What a request's Range and If-Range ask of a body of `length` bytes whose strong ETag is
+    `etag` (quoted): (start, stop) with stop exclusive, UNSATISFIABLE, or None for the whole body."""
+    header = headers.get("Range")
+    if not header:
+        return None
+    if_range = headers.get("If-Range")
+    if if_range is not None:
+        validator = parse_if_range_header(if_range)
+        if if_range.strip().startswith("W/") or validator.etag is None or f'"{validator.etag}"' != etag:
+            return None  # the body changed (or the client cannot tell): send it whole
+    ranges = parse_range_header(header)
+    if ranges is None or ranges.units != "bytes" or len(ranges.ranges) != 1:
+        return None
+    span = ranges.range_for_length(length)
+    return UNSATISFIABLE if span is None else span
+
+
+def ranged_download(*, request: Any, length: int, etag: str, read: Callable[[int, int], Iterator[bytes]],
+                    filename: str, content_type: str, headers: Mapping[str, str] | None = None) -> HttpResponseBase:
+    """A download that honours Range and If-Range. `etag` is the body's strong validator (unquoted:
+    the same bytes always have it, other bytes never); `read(start, stop)` gives those bytes and
+    is called before the response starts, so it can still raise into an error answer."""
+    raw = getattr(request, "_request", request)
+    tag = f'"{etag}"'
+    common = {"Accept-Ranges": "bytes", "ETag": tag, **(headers or {})}
+    span = requested_span(headers=raw.headers, length=length, etag=tag)
+    if isinstance(span, _Unsatisfiable):
+        response = JsonResponse(error_body("range_not_satisfiable", f"the range is outside the {length} bytes",
+                                           {"length": length}), status=416)
+        response["Content-Range"] = f"bytes */{length}"
+        for name, value in common.items():
+            response[name] = value
+        return response
+    if span is None:
+        return streamed_download(request=request, source=read(0, length), length=length, filename=filename,
+                                 content_type=content_type, headers=common)
+    start, stop = span
+    return streamed_download(request=request, source=read(start, stop), length=stop - start, filename=filename,
+                             content_type=content_type, status=206,
+                             headers={**common, "Content-Range": f"bytes {start}-{stop - 1}/{length}"})

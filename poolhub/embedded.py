@@ -27,6 +27,18 @@ def die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+def private_child() -> None:
+    """die_with_parent, and every file the child creates is its owner's only (0600 / 0700): the
+    data services hold upload bytes, the JWT denylist and every stored file."""
+    os.umask(0o077)
+    die_with_parent()
+
+
+def private_dir(path: Path) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    path.chmod(0o700)
+
+
 # Both services run in their own session: Ctrl-C in the terminal reaches the web server and the
 # workers, which finish what they are doing, while the data services stay up until their owner
 # stops them last. If the owner dies, PDEATHSIG still takes them down.
@@ -37,6 +49,10 @@ class EmbeddedService:
     name: str
     url: str
     process: subprocess.Popen[bytes]
+
+    @property
+    def label(self) -> str:
+        return {"redis": "Redis", "filestore": "file store (SecantusDB)"}.get(self.name, self.name)
 
     def stop(self, timeout: float = 10.0) -> None:
         if self.process.poll() is not None:
@@ -83,8 +99,13 @@ def redis_server_binary() -> str:
 
 
 def start_redis(data_dir: Path, timeout: float = 20.0) -> EmbeddedService:
-    """Start redis-server on a unix socket under data_dir, with eviction off (staging must never evict)."""
-    data_dir.mkdir(parents=True, exist_ok=True)
+    """Start redis-server on a unix socket under data_dir, with eviction off (staging must never evict).
+
+    It holds the only copy of cached uploads, the broker's queues, idempotency keys and the logout
+    denylist, so it keeps them across a restart: an append-only file in data_dir, fsynced every
+    second (Redis's recommended durability; at most the last second is lost on a power cut, nothing
+    on a crash or restart of the server itself)."""
+    private_dir(data_dir)
     sock_path = data_dir / "redis.sock"
     if sock_path.exists():
         sock_path.unlink()
@@ -95,12 +116,14 @@ def start_redis(data_dir: Path, timeout: float = 20.0) -> EmbeddedService:
         "--unixsocketperm", "700",
         "--dir", str(data_dir),
         "--save", "",
-        "--appendonly", "no",
+        "--appendonly", "yes",
+        "--appendfsync", "everysec",
+        "--appendfilename", "redis-appendonly.aof",
         "--maxmemory-policy", "noeviction",
         "--logfile", str(data_dir / "redis.log"),
     ]
     process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               preexec_fn=die_with_parent, start_new_session=True)
+                               preexec_fn=private_child, start_new_session=True)
 
     def ready() -> bool:
         if not sock_path.exists():
@@ -120,7 +143,7 @@ def start_redis(data_dir: Path, timeout: float = 20.0) -> EmbeddedService:
 def start_filestore(data_dir: Path, port: int | None = None, *, test_commands: bool = False,
                     timeout: float = 60.0) -> EmbeddedService:
     """Start SecantusDB (MongoDB wire protocol) on 127.0.0.1:port with its files under data_dir."""
-    data_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(data_dir)
     port = port or free_port()
     # Readiness is "the port answers": with another server already there we would use its data.
     if not _port_is_free(port):
@@ -131,9 +154,10 @@ def start_filestore(data_dir: Path, port: int | None = None, *, test_commands: b
             "--log-level", "WARNING"]
     if test_commands:
         args.append("--enable-test-commands")
-    log = open(data_dir.parent / f"{data_dir.name}.log", "ab")  # noqa: SIM115 - owned by the child
+    log_fd = os.open(data_dir.parent / f"{data_dir.name}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    log = os.fdopen(log_fd, "ab")  # owned by the child
     process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                               cwd=str(data_dir), env={**os.environ}, preexec_fn=die_with_parent,
+                               cwd=str(data_dir), env={**os.environ}, preexec_fn=private_child,
                                start_new_session=True)
     log.close()
 

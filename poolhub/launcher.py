@@ -3,27 +3,40 @@
 Starts, in order: the embedded Redis and SecantusDB file store (only when REDIS_URL / MONGO_URL
 are unset), migrations, the admin account, then the ASGI server, a Celery worker and Celery
 beat. Ctrl-C or SIGTERM stops every child; children also die with this process (PDEATHSIG).
+
+Every child runs in its own session: a Ctrl-C in the terminal reaches this launcher only, which
+then stops each child once, with SIGTERM, whatever it is doing (a child that is still importing
+or starting would otherwise print a KeyboardInterrupt or SystemExit traceback). The embedded
+Redis and file store are watched like the other children: if any of them dies, the launcher says
+so and stops the rest cleanly (a service manager restarts the whole stack).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 
-from poolhub.embedded import EmbeddedService, die_with_parent, start_filestore, start_redis
+from poolhub.embedded import EmbeddedService, private_child, private_dir, start_filestore, start_redis
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 BIN_DIR = Path(sys.executable).parent
 
 
 def log(message: str) -> None:
-    print(f"[poolhub] {message}", flush=True)
+    if os.environ.get("LOG_FORMAT") == "json":  # the same one-object-per-line shape as the children
+        print(json.dumps({"ts": datetime.now(UTC).isoformat(), "level": "INFO", "logger": "poolhub.launcher",
+                          "message": message}), flush=True)
+    else:
+        print(f"[poolhub] {message}", flush=True)
 
 
 def ensure_local_secret_key(var_dir: Path) -> Path:
@@ -38,16 +51,8 @@ def ensure_local_secret_key(var_dir: Path) -> Path:
     return path
 
 
-def web_args(*, host: str, port: str, log_level: str, processes: int = 1) -> list[str]:
-    """The ASGI server's command line (`make bench` starts the same)."""
-    args = [str(BIN_DIR / "uvicorn"), "poolhub.asgi:application", "--host", host, "--port", port,
-            "--ws", "websockets-sansio", "--lifespan", "off", "--no-server-header",
-            "--timeout-graceful-shutdown", "10", "--log-level", log_level]
-    return [*args, "--workers", str(processes)] if processes > 1 else args
-
-
 class Stack:
-    """The processes of one stack; `make bench` reuses it with its children's output in log files."""
+    """The processes of one stack; `make bench` reuses it, with its children's output in log files."""
 
     def __init__(self, env: dict[str, str] | None = None, log_dir: Path | None = None) -> None:
         self.env = dict(os.environ if env is None else env)
@@ -59,7 +64,7 @@ class Stack:
         self.stopping = False
 
     def start_embedded(self) -> None:
-        self.var_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.var_dir)
         if not self.env.get("REDIS_URL"):
             redis = start_redis(self.var_dir)
             self.embedded.append(redis)
@@ -78,45 +83,81 @@ class Stack:
             log("file store: MONGO_URL from the environment")
 
     def manage(self, *args: str) -> None:
+        # On Ctrl-C, run() kills the command (SIGKILL: no traceback) as it unwinds.
         subprocess.run([sys.executable, "manage.py", *args], cwd=BASE_DIR, env=self.env, check=True,
-                       preexec_fn=die_with_parent)
+                       preexec_fn=private_child, start_new_session=True)
 
     def spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
         """Start a child; with `log_dir`, its output goes to `<name>.log` there."""
-        out = None
-        if self.log_dir is not None:
-            out = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - the child holds it; closed below
+        out = open(self.log_dir / f"{name}.log", "ab") if self.log_dir else None  # noqa: SIM115 - closed below
         try:
-            child = subprocess.Popen(args, cwd=BASE_DIR, env=self.env, preexec_fn=die_with_parent,
-                                     stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT if out else None)
+            child = subprocess.Popen(args, cwd=BASE_DIR, env=self.env, preexec_fn=private_child,
+                                     stdin=subprocess.DEVNULL, start_new_session=True, stdout=out,
+                                     stderr=subprocess.STDOUT if out else None)
         finally:
             if out is not None:
-                out.close()
+                out.close()  # the child holds its own copy
         self.children[name] = child
         return child
 
+    def web_proxy_args(self) -> list[str]:
+        """X-Forwarded-For and -Proto are believed only from the proxies the operator names in
+        FORWARDED_ALLOW_IPS (uvicorn's own variable, as in the image). Unset, uvicorn would trust
+        127.0.0.1, which on this machine is anyone local: no proxy headers at all then."""
+        proxies = self.env.get("FORWARDED_ALLOW_IPS", "").strip()
+        if not proxies:
+            return ["--no-proxy-headers"]
+        return ["--proxy-headers", "--forwarded-allow-ips", proxies]
+
+    def dead_child(self) -> str | None:
+        for name, child in self.children.items():
+            if child.poll() is not None:
+                return f"{name} exited with code {child.returncode}"
+        for service in self.embedded:
+            if service.process.poll() is not None:
+                return f"the embedded {service.label} exited with code {service.process.returncode}"
+        return None
+
+    def metrics_dir(self) -> None:
+        """Every web and worker process writes its metrics here (prometheus_client's multiprocess
+        mode); it must start empty, or a dead process's counts would be served again."""
+        path = Path(self.env.get("PROMETHEUS_MULTIPROC_DIR") or self.var_dir / "prometheus")
+        shutil.rmtree(path, ignore_errors=True)
+        path.mkdir(parents=True)
+        self.env["PROMETHEUS_MULTIPROC_DIR"] = str(path)
+
+    def quiet(self) -> list[str]:
+        return ["--quiet"] if self.env.get("LOG_FORMAT") == "json" else []  # no banner among JSON lines
+
+    def web_args(self, app: str = "poolhub.asgi:application", processes: int = 1) -> list[str]:
+        """The ASGI server's command line (`make bench` serves its bare baseline app with the same)."""
+        args = [str(BIN_DIR / "uvicorn"), app, "--host", self.env.get("HOST", "127.0.0.1"),
+                "--port", self.env.get("PORT", "8000"), "--ws", "websockets-sansio", "--lifespan", "off",
+                "--no-server-header", *self.web_proxy_args(), "--timeout-graceful-shutdown", "10",
+                "--log-level", self.env.get("UVICORN_LOG_LEVEL", "info")]
+        return [*args, "--workers", str(processes)] if processes > 1 else args
+
     def start_processes(self) -> None:
+        self.metrics_dir()
         self.start_web()
         self.start_worker()
         self.start_beat()
 
     def start_web(self, processes: int = 1) -> None:
-        host = self.env.get("HOST", "127.0.0.1")
-        port = self.env.get("PORT", "8000")
-        self.spawn("web", web_args(host=host, port=port, log_level=self.env.get("UVICORN_LOG_LEVEL", "info"),
-                                   processes=processes))
-        log(f"web (ASGI: API, websockets, admin) on http://{host}:{port}/ ({processes} process(es))")
+        self.spawn("web", self.web_args(processes=processes))
+        log(f"web (ASGI: API, websockets, admin) on http://{self.env.get('HOST', '127.0.0.1')}:"
+            f"{self.env.get('PORT', '8000')}/")
 
     def start_worker(self, loglevel: str = "INFO") -> None:
         concurrency = self.env.get("CELERY_CONCURRENCY", "2")
         queue = self.env.get("CELERY_QUEUE", "poolhub")
-        self.spawn("worker", [str(BIN_DIR / "celery"), "-A", "celery_app", "worker", "--loglevel", loglevel,
-                              "--concurrency", concurrency, "--prefetch-multiplier", "1", "-Q", queue,
+        self.spawn("worker", [str(BIN_DIR / "celery"), "-A", "celery_app", *self.quiet(), "worker", "--loglevel",
+                              loglevel, "--concurrency", concurrency, "--prefetch-multiplier", "1", "-Q", queue,
                               "--hostname", f"{queue}@{os.uname()[1]}"])
         log(f"Celery worker ({concurrency} processes)")
 
     def start_beat(self) -> None:
-        self.spawn("beat", [str(BIN_DIR / "celery"), "-A", "celery_app", "beat", "--loglevel", "INFO",
+        self.spawn("beat", [str(BIN_DIR / "celery"), "-A", "celery_app", *self.quiet(), "beat", "--loglevel", "INFO",
                             "--schedule", str(self.var_dir / "celerybeat-schedule")])
         log("Celery beat")
 
@@ -155,12 +196,10 @@ class Stack:
             self.start_processes()
             log("ready when http://{}:{}/readyz answers 200; Ctrl-C stops everything".format(
                 self.env.get("HOST", "127.0.0.1"), self.env.get("PORT", "8000")))
-            while True:
-                for name, child in self.children.items():
-                    if child.poll() is not None:
-                        log(f"{name} exited with code {child.returncode}; stopping the stack")
-                        return 1
+            while (dead := self.dead_child()) is None:
                 time.sleep(0.5)
+            log(f"{dead}; stopping the stack")
+            return 1
         except KeyboardInterrupt:
             return 0
         except (subprocess.CalledProcessError, RuntimeError) as exc:
@@ -172,6 +211,7 @@ class Stack:
 
 def main() -> None:
     os.chdir(BASE_DIR)
+    os.umask(0o077)  # the SQLite file, beat's schedule, logs: this account's only
     sys.exit(Stack().run())
 
 

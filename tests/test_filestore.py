@@ -30,10 +30,15 @@ SIZE = 3 * GRIDFS_CHUNK_BYTES + 1234  # four chunks, the last one short
 
 @pytest.fixture(autouse=True)
 def _clean_buckets() -> Iterator[None]:
+    """Empty buckets before (other tests may leave files) and after."""
+    def clean() -> None:
+        for bucket in Bucket:
+            mongo_db()[f"{bucket}.files"].delete_many({})
+            mongo_db()[f"{bucket}.chunks"].delete_many({})
+
+    clean()
     yield
-    for bucket in Bucket:
-        mongo_db()[f"{bucket}.files"].delete_many({})
-        mongo_db()[f"{bucket}.chunks"].delete_many({})
+    clean()
 
 
 def pieces(data: bytes, size: int = 100_000) -> Iterator[bytes]:

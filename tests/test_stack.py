@@ -139,3 +139,59 @@ def test_killing_the_launcher_takes_its_children_down(launcher: tuple[subprocess
 
     _, alive = psutil.wait_procs(children, timeout=30)
     assert alive == [], [" ".join(p.cmdline()) for p in alive]
+
+
+def wait_for_line(log_path: Path, text: str, process: subprocess.Popen[bytes], timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in log_path.read_text():
+        assert process.poll() is None, log_path.read_text()[-4000:]
+        assert time.monotonic() < deadline, log_path.read_text()[-4000:]
+        time.sleep(0.05)
+
+
+def test_ctrl_c_while_beat_starts_stops_cleanly(launcher: tuple[subprocess.Popen[bytes], str, Path]) -> None:
+    """Ctrl-C (SIGINT to the terminal's whole group) the moment beat is spawned, while the worker and
+    beat are still importing: every child stops, and nobody prints a traceback."""
+    process, _, log_path = launcher
+    wait_for_line(log_path, "[poolhub] Celery beat", process)
+    children = family(process)
+    os.killpg(process.pid, signal.SIGINT)
+    process.wait(60)
+
+    log = log_path.read_text()
+    assert process.returncode == 0, log[-4000:]
+    _, alive = psutil.wait_procs(children, timeout=10)
+    assert alive == [], [" ".join(p.cmdline()) for p in alive]
+    assert "stopped; nothing left running" in log
+    assert "Traceback" not in log, log[-4000:]
+
+
+@pytest.mark.parametrize("service", ["redis-server", "secantusd"])
+def test_a_dead_data_service_stops_the_stack_and_says_so(launcher: tuple[subprocess.Popen[bytes], str, Path],
+                                                        service: str) -> None:
+    process, url, log_path = launcher
+    ready = wait_ready(url, process)
+    assert ready is not None and ready.status_code == 200, log_path.read_text()[-4000:]
+    children = family(process)
+    [victim] = [child for child in children if service in " ".join(child.cmdline())]
+    victim.kill()
+    process.wait(60)
+
+    log = log_path.read_text()
+    assert process.returncode == 1, log[-4000:]
+    label = "the embedded Redis" if service == "redis-server" else "the embedded file store"
+    assert f"{label}" in log and "exited with code" in log and "; stopping the stack" in log, log[-4000:]
+    _, alive = psutil.wait_procs(children, timeout=30)
+    assert alive == [], [" ".join(p.cmdline()) for p in alive]
+    assert "stopped; nothing left running" in log
+
+
+def test_the_launcher_trusts_forwarded_headers_only_from_named_proxies(
+        launcher: tuple[subprocess.Popen[bytes], str, Path]) -> None:
+    process, url, log_path = launcher
+    ready = wait_ready(url, process)
+    assert ready is not None and ready.status_code == 200, log_path.read_text()[-4000:]
+    [web] = [child for child in family(process) if "uvicorn" in " ".join(child.cmdline())]
+    assert "--no-proxy-headers" in web.cmdline()
+    os.killpg(process.pid, signal.SIGINT)
+    process.wait(60)

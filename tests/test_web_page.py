@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 from django.contrib.staticfiles import finders
 from django.test import Client
@@ -76,3 +77,38 @@ def test_the_script_never_puts_a_token_in_a_url_nor_data_into_html() -> None:
     assert 'type: "resume", after' in js
     # The websocket URL is the bare /ws/ path of this host.
     assert '"//" + location.host + "/ws/"' in js
+
+
+def test_the_page_names_the_optional_endpoints_this_server_has() -> None:
+    from poolhub.views import OPTIONAL_ENDPOINTS, page_features
+
+    html = Client().get("/").content.decode()
+    body = re.search(r'<body data-features="([^"]*)" data-large-file-bytes="(\d+)">', html)
+
+    assert body is not None
+    assert set(body.group(1).split()) == set(page_features()) <= set(OPTIONAL_ENDPOINTS)
+    assert int(body.group(2)) == 8 * 1024 * 1024
+
+
+def test_every_control_of_the_page_has_a_label() -> None:
+    html = Client().get("/").content.decode()
+    # Each input and select sits inside a <label> (the template's only way of labelling them).
+    without = [m.group(0) for m in re.finditer(r"<(input|select)\b[^>]*>", html)
+               if html.rfind("<label", 0, m.start()) <= html.rfind("</label>", 0, m.start())]
+    assert without == []
+
+
+def test_groups_say_how_many_contributors_they_hold(api: Any, pool: Any, manager: Any, contributor: Any) -> None:
+    from datetime import UTC, datetime
+
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    stamp = datetime.now(UTC).isoformat()
+    for user, name in ((contributor, "a.csv"), (contributor, "b.csv"), (manager, "c.csv")):
+        response = api(user).post(f"/api/v1/pools/{pool.id}/uploads",
+                                  {"file": SimpleUploadedFile(name, f"t,v\n{name},2\n".encode()), "timestamp": stamp})
+        assert response.status_code == 202, response.content
+
+    groups = api(manager).get(f"/api/v1/pools/{pool.id}/groups").json()
+
+    assert [(g["upload_count"], g["contributor_count"]) for g in groups] == [(3, 2)]

@@ -8,6 +8,7 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
+from lifecycle.services import upload_discard
 from poolhub.errors import ApiError
 from uploads.models import Event, Upload, UploadStatus
 from uploads.services import upload_redrive
@@ -26,7 +27,7 @@ class UploadAdmin(admin.ModelAdmin):
     readonly_fields = ["id", "pool", "uploader", "batch_id", "filename", "size", "sha256", "content_type",
                        "timestamp", "group", "status", "attempts", "staging_key", "version", "created_at",
                        "updated_at", "events"]
-    actions = ["redrive"]
+    actions = ["redrive", "discard"]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
@@ -49,6 +50,18 @@ class UploadAdmin(admin.ModelAdmin):
             except ApiError as exc:
                 self.message_user(request, f"{upload}: {exc.message}", messages.ERROR)
         self.message_user(request, f"{done} upload(s) re-driven", messages.SUCCESS)
+
+
+    @admin.action(description="Discard selected failed uploads (their staged bytes go now; no re-drive after)")
+    def discard(self, request: HttpRequest, queryset: QuerySet[Upload]) -> None:
+        done = 0
+        for upload in queryset.filter(status=UploadStatus.FAILED):
+            try:
+                upload_discard(upload_id=upload.id, by=request.user)  # type: ignore[arg-type]
+                done += 1
+            except ApiError as exc:
+                self.message_user(request, f"{upload}: {exc.message}", messages.ERROR)
+        self.message_user(request, f"{done} upload(s) discarded", messages.SUCCESS)
 
 
 @admin.register(Event)

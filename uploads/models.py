@@ -1,7 +1,8 @@
 """Uploads and the append-only event log.
 
 `Event` rows are inserted, never updated or deleted (on PostgreSQL a trigger refuses it).
-`seq` is the global order; `(stream_type, stream_id, version)` is unique, so two writers that
+`seq` is the global order (on PostgreSQL derived from the writing transaction's id, so readers
+can stop at a safe horizon: uploads.events); `(stream_type, stream_id, version)` is unique, so two writers that
 read the same stream version cannot both append (optimistic concurrency). Status columns on
 `Upload` (and on groups and results) are projections of the log, written in the same
 transaction as the event that changes them.
@@ -16,7 +17,10 @@ from django.db import models
 
 
 class Event(models.Model):
+    # On PostgreSQL `seq` is txid * 65536 + n (uploads.events explains why); elsewhere autoincrement.
     seq = models.BigAutoField(primary_key=True)
+    # The writing transaction's id (pg_current_xact_id()); null on SQLite and for older rows.
+    txid = models.BigIntegerField(null=True, blank=True, editable=False)
     stream_type = models.CharField(max_length=16)  # "upload", "group", "result"
     stream_id = models.UUIDField()
     version = models.PositiveIntegerField()

@@ -6,12 +6,16 @@ from collections.abc import Iterator
 from typing import Any
 from uuid import UUID
 
+from django.db import connection
 from django.db.models import Q, QuerySet
+from django.db.models.expressions import RawSQL
 
 from accounts.models import Role, User
 from accounts.selectors import pool_access, user_is_admin
+from lifecycle.selectors import upload_content_check
 from poolhub.errors import NotFound
 from poolhub.filestore import Bucket, file_chunks
+from uploads.events import SEQ_PER_TRANSACTION
 from uploads.models import Event, Upload, UploadStatus
 from uploads.staging import StagingMissing, staging_exists, staging_read
 
@@ -64,24 +68,49 @@ def upload_events(*, upload: Upload) -> QuerySet[Event]:
     return Event.objects.filter(stream_type="upload", stream_id=upload.id).order_by("seq")
 
 
-def upload_content(*, upload: Upload) -> Iterator[bytes]:
-    """The upload's bytes, in chunks: from the file store once stored (checked), from staging before.
+def events_committed(events: QuerySet[Event]) -> QuerySet[Event]:
+    """Only the events below the safe horizon: every reader that pages or resumes by `seq` reads
+    through this, so an event that commits later (with a smaller transaction id than some still
+    running) is never skipped (uploads.events explains the order). On PostgreSQL the horizon is
+    the oldest running transaction's id (`pg_snapshot_xmin`); on SQLite (one writer) everything
+    committed is in order already."""
+    if connection.vendor != "postgresql":
+        return events
+    horizon = RawSQL("pg_snapshot_xmin(pg_current_snapshot())::text::bigint * %s", [SEQ_PER_TRANSACTION])
+    return events.filter(seq__lt=horizon)
+
+
+def upload_content(*, upload: Upload, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+    """Bytes `start` up to `end` (default: all) of the upload, in chunks: from the file store once
+    stored (checked; only the chunks that hold the range are read), from staging before.
 
     Raises poolhub.filestore.FileMissing (or StagingMissing) before the first byte when neither has them.
     """
+    upload_content_check(upload=upload)  # 410 once purged, released or discarded
+    end = upload.size if end is None else end
     if upload.status != UploadStatus.STORED and staging_exists(key=upload.staging_key):
-        return _staged_then_stored(upload=upload)
-    return file_chunks(bucket=Bucket.UPLOADS, file_id=upload.id)  # stored (perhaps just now, as staging was dropped)
+        return _staged_then_stored(upload=upload, start=start, end=end)
+    # Stored (perhaps just now, as staging was dropped).
+    return file_chunks(bucket=Bucket.UPLOADS, file_id=upload.id, start=start, end=end)
 
 
-def _staged_then_stored(*, upload: Upload) -> Iterator[bytes]:
-    """Staged bytes; if the store finishes and drops them mid-way, the rest comes from the file store."""
-    sent = 0
+def _staged_then_stored(*, upload: Upload, start: int, end: int) -> Iterator[bytes]:
+    """Staged bytes (staging keeps no offsets: the bytes before `start` are read and skipped; a
+    staged file is at most one upload's size and short-lived). If the store finishes and drops them
+    mid-way, the rest comes from the file store."""
+    offset = start
+    position = 0
     try:
         for chunk in staging_read(key=upload.staging_key):
-            sent += len(chunk)
-            yield chunk
+            piece = chunk[max(0, offset - position):max(0, end - position)]
+            position += len(chunk)
+            if piece:
+                offset += len(piece)
+                yield piece
+            if position >= end:
+                return
         return
     except StagingMissing:
         pass
-    yield from file_chunks(bucket=Bucket.UPLOADS, file_id=upload.id, start=sent)
+    if offset < end:
+        yield from file_chunks(bucket=Bucket.UPLOADS, file_id=upload.id, start=offset, end=end)

@@ -9,6 +9,7 @@ from django.conf import settings
 
 from uploads.services import StoreOutcome, upload_store, uploads_stuck_redrive
 from uploads.staging import staging_reconcile
+from uploads.tus import tus_uploads_expire
 
 
 @shared_task(name="uploads.store", bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=None,
@@ -38,3 +39,9 @@ def redrive_stuck_uploads() -> int:
 def reconcile_staging() -> int:
     """Beat: give back the staging budget held by staged files whose keys expired."""
     return staging_reconcile()
+
+
+@shared_task(name="uploads.expire_tus", acks_late=True, soft_time_limit=120, time_limit=180)
+def expire_tus_uploads() -> int:
+    """Beat: drop tus uploads idle past their Upload-Expires, releasing their staged bytes."""
+    return tus_uploads_expire()

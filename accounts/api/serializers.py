@@ -38,6 +38,12 @@ class LogoutInput(serializers.Serializer):
     refresh = serializers.CharField(required=False, allow_blank=True)
 
 
+class PasswordChangeInput(serializers.Serializer):
+    current_password = serializers.CharField(max_length=256, trim_whitespace=False)
+    new_password = serializers.CharField(max_length=256, trim_whitespace=False)
+    refresh = serializers.CharField(required=False, allow_blank=True)
+
+
 class TokenPairOutput(serializers.Serializer):
     access = serializers.CharField()
     refresh = serializers.CharField()
@@ -94,7 +100,10 @@ class PoolSerializer(serializers.ModelSerializer):
         fields = ["id", "name", "window_seconds", "grace_seconds", "max_file_bytes", "allowed_types",
                   "late_policy", "created_at", "origin", "lease_seconds", "close_min_uploads",
                   "close_min_contributors", "webhook_url", "webhook_secret", "max_result_bytes",
-                  "max_timestamp_age_seconds"]
+                  "max_timestamp_age_seconds",
+                  # lifecycle (docs/lifecycle.md)
+                  "quota_bytes", "retention_days", "min_contributors", "short_round_policy",
+                  "max_uploads_per_contributor"]
         read_only_fields = ["id", "created_at"]
 
 

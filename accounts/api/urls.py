@@ -7,6 +7,7 @@ urlpatterns = [
     path("auth/login", views.LoginApi.as_view(), name="auth-login"),
     path("auth/refresh", views.RefreshApi.as_view(), name="auth-refresh"),
     path("auth/logout", views.LogoutApi.as_view(), name="auth-logout"),
+    path("auth/password", views.PasswordChangeApi.as_view(), name="auth-password"),
     path("auth/validate", views.ValidateApi.as_view(), name="auth-validate"),
     path("pools", views.PoolListCreateApi.as_view(), name="pools"),
     path("pools/<uuid:pool_id>", views.PoolDetailApi.as_view(), name="pool-detail"),

@@ -21,6 +21,7 @@ from accounts.api.serializers import (
     LogoutInput,
     MemberRoleInput,
     MemberSerializer,
+    PasswordChangeInput,
     PoolOutput,
     PoolSerializer,
     ProvisionInput,
@@ -30,6 +31,7 @@ from accounts.api.serializers import (
     UserOutput,
     ValidateOutput,
 )
+from accounts.login_guard import request_address
 from accounts.models import Role, User
 from poolhub.errors import Forbidden
 from poolhub.throttling import process_cache
@@ -44,6 +46,13 @@ class AuthThrottle(SimpleRateThrottle):
 
     def get_cache_key(self, request: Request, view: APIView) -> str:
         return self.cache_format % {"scope": self.scope, "ident": self.get_ident(request)}
+
+
+class LoginThrottle(AuthThrottle):
+    """Per client address, high enough for a fleet behind one NAT (failures are limited apart, per
+    account and per address: accounts.login_guard); it only bounds the password-hashing cost."""
+
+    scope = "login"
 
 
 class RefreshThrottle(AuthThrottle):
@@ -81,19 +90,21 @@ class SignupApi(APIView):
     def post(self, request: Request) -> Response:
         data = _valid(CredentialsInput, request.data)
         services.user_signup(username=data["username"], password=data["password"])
-        user, tokens = services.user_login(username=data["username"], password=data["password"])
+        user, tokens = services.user_login(username=data["username"], password=data["password"],
+                                           address=request_address(request))
         return Response({"user": UserOutput(user).data, **tokens}, status=status.HTTP_201_CREATED)
 
 
 class LoginApi(APIView):
     permission_classes = [AllowAny]
     authentication_classes: list[Any] = []
-    throttle_classes = [AuthThrottle]
+    throttle_classes = [LoginThrottle]
 
     @extend_schema(request=CredentialsInput, responses={200: AuthOutput, **_errors(400, 401, 429)}, auth=[])
     def post(self, request: Request) -> Response:
         data = _valid(CredentialsInput, request.data)
-        user, tokens = services.user_login(username=data["username"], password=data["password"])
+        user, tokens = services.user_login(username=data["username"], password=data["password"],
+                                           address=request_address(request))
         return Response({"user": UserOutput(user).data, **tokens})
 
 
@@ -114,6 +125,20 @@ class LogoutApi(APIView):
         data = _valid(LogoutInput, request.data)
         services.user_logout(user=_user(request), access=cast(Any, request.auth), refresh=data.get("refresh") or None)
         return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class PasswordChangeApi(APIView):
+    """The signed-in user's password; the token pair in hand is revoked and a new pair returned."""
+
+    throttle_classes = [AuthThrottle]
+
+    @extend_schema(request=PasswordChangeInput, responses={200: TokenPairOutput, **_errors(400, 401, 429)})
+    def post(self, request: Request) -> Response:
+        data = _valid(PasswordChangeInput, request.data)
+        tokens = services.user_password_change(
+            user=_user(request), current_password=data["current_password"], new_password=data["new_password"],
+            access=cast(Any, request.auth), refresh=data.get("refresh") or None)
+        return Response(tokens)
 
 
 class ValidateApi(APIView):

@@ -13,6 +13,7 @@ class GroupOutput(serializers.Serializer):
     window_end = serializers.DateTimeField()
     status = serializers.CharField()
     upload_count = serializers.IntegerField()
+    contributor_count = serializers.IntegerField()  # distinct uploaders so far (the web page's current window)
     bytes = serializers.IntegerField()
     closed_at = serializers.DateTimeField()
 
@@ -50,3 +51,9 @@ class ResultOutput(serializers.Serializer):
 
     def get_url(self, result: Result) -> str:
         return result_content_path(result_id=result.id)
+
+
+class WebhookTestOutput(serializers.Serializer):
+    delivered = serializers.BooleanField()
+    status = serializers.IntegerField(allow_null=True)  # the receiver's HTTP status; null when unreachable
+    error = serializers.CharField(allow_blank=True)

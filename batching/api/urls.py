@@ -4,6 +4,7 @@ from batching.api import views
 
 urlpatterns: list[URLPattern | URLResolver] = [
     path("pools/<uuid:pool_id>/groups", views.GroupListApi.as_view(), name="pool-groups"),
+    path("pools/<uuid:pool_id>/webhook/test", views.PoolWebhookTestApi.as_view(), name="pool-webhook-test"),
     path("pools/<uuid:pool_id>/results/latest", views.ResultLatestApi.as_view(), name="pool-result-latest"),
     path("groups/<uuid:group_id>", views.GroupDetailApi.as_view(), name="group-detail"),
     path("groups/<uuid:group_id>/close", views.GroupCloseApi.as_view(), name="group-close"),

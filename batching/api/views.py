@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, cast
 from uuid import UUID
 
-from django.http import StreamingHttpResponse
+from django.http import HttpResponseBase
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status
@@ -24,13 +24,16 @@ from batching.api.serializers import (
     LeaseOutput,
     ResultInput,
     ResultOutput,
+    WebhookTestOutput,
 )
-from batching.archive import archive_chunks, group_archive
+from batching.archive import archive_read, group_archive
 from batching.models import LeaseEnd
 from batching.selectors import group_get_for, group_list, result_get_for, result_latest
-from poolhub.downloads import streamed_download
+from batching.webhooks import webhook_send_test
+from lifecycle.selectors import group_archive_check, result_content_check
+from poolhub.downloads import ranged_download
 from poolhub.errors import BadRequest, Conflict, Unavailable
-from poolhub.filestore import Bucket, FileStoreError, file_chunks
+from poolhub.filestore import Bucket, FileStoreError, file_open, file_read
 from uploads.checks import max_result_bytes_for, size_check
 
 EXPORT_ROLES = [Role.EXPORTER]
@@ -41,7 +44,12 @@ def _errors(*statuses: int) -> dict[int, type[ErrorOutput]]:
     return dict.fromkeys(statuses, ErrorOutput)
 
 
-BINARY = {(200, "application/octet-stream"): OpenApiTypes.BINARY}
+BINARY = {(200, "application/octet-stream"): OpenApiTypes.BINARY,
+          (206, "application/octet-stream"): OpenApiTypes.BINARY}
+RANGE_HEADERS = [
+    OpenApiParameter("Range", str, OpenApiParameter.HEADER, description="bytes=<start>-[<end>]"),
+    OpenApiParameter("If-Range", str, OpenApiParameter.HEADER, description="the ETag of an earlier answer"),
+]
 
 
 def _valid(serializer_class: type[Any], data: Any) -> dict[str, Any]:
@@ -89,18 +97,22 @@ class GroupClaimApi(APIView):
 
 
 class GroupArchiveApi(APIView):
-    @extend_schema(parameters=[OpenApiParameter("lease", OpenApiTypes.UUID, required=True)],
-                   responses={(200, "application/x-tar"): OpenApiTypes.BINARY, **_errors(400, 401, 403, 404, 409)})
-    def get(self, request: Request, group_id: UUID) -> StreamingHttpResponse:
+    @extend_schema(parameters=[OpenApiParameter("lease", OpenApiTypes.UUID, required=True), *RANGE_HEADERS],
+                   responses={(200, "application/x-tar"): OpenApiTypes.BINARY,
+                              (206, "application/x-tar"): OpenApiTypes.BINARY,
+                              **_errors(400, 401, 403, 404, 409, 416, 503)})
+    def get(self, request: Request, group_id: UUID) -> HttpResponseBase:
         user = _user(request)
         group = group_get_for(user=user, group_id=group_id, roles=EXPORT_ROLES)
         data = _valid(ArchiveInput, request.query_params)
         lease = services.lease_check(group=group, lease_id=data["lease"], user=user, is_admin=user_is_admin(user=user))
         if lease.end_reason == LeaseEnd.COMPLETED:
             raise Conflict("the result for this lease is in; claim the group again to export it again")
-        archive = group_archive(group=group, lease=lease)
-        return streamed_download(request=request, source=archive_chunks(archive), length=archive.length,
-                                 filename=archive.filename, content_type="application/x-tar")
+        group_archive_check(group=group)  # 410 once any of its uploads was purged
+        archive = group_archive(group=group)
+        return ranged_download(request=request, length=archive.length, etag=archive.etag,
+                               read=lambda start, stop: archive_read(archive, start, stop),
+                               filename=archive.filename, content_type="application/x-tar")
 
 
 class GroupResultApi(APIView):
@@ -122,6 +134,15 @@ class GroupResultApi(APIView):
         return Response(ResultOutput(result).data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
 
 
+class PoolWebhookTestApi(APIView):
+    """POST /pools/{pool}/webhook/test: one signed `webhook.test` call now; what the receiver answered."""
+
+    @extend_schema(request=None, responses={200: WebhookTestOutput, **_errors(400, 401, 403, 404, 409)})
+    def post(self, request: Request, pool_id: UUID) -> Response:
+        pool = pool_access(user=_user(request), pool_id=pool_id, roles=[Role.MANAGER])
+        return Response(WebhookTestOutput(webhook_send_test(pool=pool)).data)
+
+
 class ResultLatestApi(APIView):
     @extend_schema(responses={200: ResultOutput, **_errors(401, 404)})
     def get(self, request: Request, pool_id: UUID) -> Response:
@@ -136,12 +157,14 @@ class ResultDetailApi(APIView):
 
 
 class ResultContentApi(APIView):
-    @extend_schema(responses={**BINARY, **_errors(401, 404, 503)})
-    def get(self, request: Request, result_id: UUID) -> StreamingHttpResponse:
+    @extend_schema(parameters=RANGE_HEADERS, responses={**BINARY, **_errors(401, 404, 416, 503)})
+    def get(self, request: Request, result_id: UUID) -> HttpResponseBase:
         result = result_get_for(user=_user(request), result_id=result_id)
+        result_content_check(result=result)  # 410 once purged
         try:  # opened before the response starts, so a missing file is a 503, not a truncated body
-            chunks = file_chunks(bucket=Bucket.RESULTS, file_id=result.id)
+            stored = file_open(bucket=Bucket.RESULTS, file_id=result.id)
         except FileStoreError as exc:
             raise Unavailable("the result's bytes are not readable right now") from exc
-        return streamed_download(request=request, source=chunks, length=result.size, filename=result.filename,
-                                 content_type="application/octet-stream")
+        return ranged_download(request=request, length=result.size, etag=result.sha256,
+                               read=lambda start, stop: file_read(stored=stored, start=start, end=stop),
+                               filename=result.filename, content_type="application/octet-stream")

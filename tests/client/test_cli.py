@@ -172,3 +172,31 @@ def test_simulate_runs_a_small_round_end_to_end(live_server_url, tmp_path, admin
     assert table["uploads accepted"] == "5"  # 3 online contributors, 1 offline client with 2 updates
     assert table["groups exported"] == "2"  # the offline updates span two windows
     assert table["status"] == "OK" and "problem:" not in done.stdout
+
+
+def test_provision_writes_credentials_once_to_a_private_file(live_server_url, tmp_path, manager, contributor, pool,
+                                                              as_user):
+    managing = as_user("manager")
+    out = tmp_path / "creds.csv"
+    done = poolhub(managing, "provision", "--pool", str(pool.id), "--count", "3", "--prefix", "station",
+                   "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    rows = [line.split(",") for line in out.read_text().splitlines()]
+    assert rows[0] == ["username", "password", "role", "pool", "url"]
+    assert len(rows) == 4 and all(row[2] == "contributor" and row[3] == str(pool.id) for row in rows[1:])
+    for username, password, *_ in rows[1:]:
+        assert password not in done.stdout + done.stderr
+        device = poolhub(cli_env(live_server_url, tmp_path / username, POOLHUB_PASSWORD=password),
+                         "login", "--username", username)
+        assert device.returncode == 0, device.stderr
+
+    again = poolhub(managing, "provision", "--pool", str(pool.id), "--count", "1", "--out", str(out))
+    assert again.returncode == 2 and "exists" in again.stderr
+    assert len(out.read_text().splitlines()) == 4  # the only copy of the passwords is untouched
+
+    refused_out = tmp_path / "refused.csv"
+    refused = poolhub(as_user("contributor"), "provision", "--pool", str(pool.id), "--count", "1",
+                      "--out", str(refused_out))
+    assert refused.returncode == 1 and "forbidden" in refused.stderr
+    assert not refused_out.exists()

@@ -9,7 +9,7 @@ refusal drops every byte staged for the request.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, cast
 from uuid import UUID
@@ -18,7 +18,7 @@ import redis
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig, SuspiciousOperation, TooManyFieldsSent, TooManyFilesSent
 from django.core.serializers.json import DjangoJSONEncoder
-from django.http import StreamingHttpResponse
+from django.http import HttpResponseBase
 from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -27,7 +27,7 @@ from rest_framework.views import APIView
 
 from accounts.models import WRITER_ROLES, Pool, User
 from accounts.selectors import pool_access
-from poolhub.downloads import streamed_download
+from poolhub.downloads import ranged_download
 from poolhub.errors import ApiError, BadRequest, Unavailable
 from poolhub.filestore import FileStoreError
 from poolhub.throttling import process_cache
@@ -236,14 +236,19 @@ STORE_ERRORS = (FileStoreError, redis.RedisError, StagingMissing)
 
 
 class UploadContentApi(APIView):
-    def get(self, request: Request, upload_id: UUID) -> StreamingHttpResponse:
+    def get(self, request: Request, upload_id: UUID) -> HttpResponseBase:
         upload = selectors.upload_get(user=_user(request), upload_id=upload_id)
-        try:
-            chunks = selectors.upload_content(upload=upload)
-        except STORE_ERRORS as exc:
-            raise Unavailable("the file store is unavailable; try again later") from exc
+
+        def read(start: int, stop: int) -> Iterator[bytes]:
+            try:
+                return selectors.upload_content(upload=upload, start=start, end=stop)
+            except STORE_ERRORS as exc:
+                raise Unavailable("the file store is unavailable; try again later") from exc
+
         content_type = upload.content_type
         if content_type in REFUSED_BY_DEFAULT or not content_type:
             content_type = "application/octet-stream"
-        return streamed_download(request=request, source=chunks, length=upload.size, filename=upload.filename,
-                                 content_type=content_type, headers={"X-Upload-Sha256": upload.sha256})
+        # The upload's sha256 is its bytes' strong validator, staged or stored.
+        return ranged_download(request=request, length=upload.size, etag=upload.sha256, read=read,
+                               filename=upload.filename, content_type=content_type,
+                               headers={"X-Upload-Sha256": upload.sha256})

@@ -1,7 +1,8 @@
 """A whole round, simulated: many clients upload, one exporter XORs, every member gets the result.
 
-Used by `poolhub simulate` and `make demo`. Needs an admin account (to create the pool and add
-members); every simulated client signs up with a random password kept only in memory.
+Used by `poolhub simulate` and `make demo`. Needs an admin account (to create the pool); the
+simulated members are provisioned in one call per role (`POST /pools/{pool}/members/provision`),
+their passwords kept only in memory, and each logs in.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-import os
 import secrets
 import shutil
 import socket
@@ -28,7 +28,7 @@ import httpx
 from poolhub_client.aio import AsyncPoolhubClient, Listener
 from poolhub_client.archive import archive_upload_ids, xor_bytes, xor_files
 from poolhub_client.client import PoolhubClient
-from poolhub_client.errors import Conflict, PoolhubError, TransportError
+from poolhub_client.errors import Conflict, PoolhubError
 from poolhub_client.exporter import Exporter
 from poolhub_client.outbox import Outbox
 from poolhub_client.progress import human
@@ -51,6 +51,9 @@ class SimulationConfig:
     concurrency: int = 16
     timeout: float = 300.0
     workdir: Path | None = None
+
+
+ROLE_OF_KIND = {"contributor": "contributor", "offline": "contributor", "exporter": "exporter"}
 
 
 @dataclass
@@ -135,7 +138,7 @@ class Simulation:
         self.accepted: dict[str, dict[str, Any]] = {}  # upload id -> {group, data}
         self.exports: dict[str, set[str]] = {}  # group -> upload ids present in its archive
         self.limit = asyncio.Semaphore(config.concurrency)
-        self.signups = asyncio.Semaphore(min(4, config.concurrency))
+        self.logins = asyncio.Semaphore(min(16, config.concurrency))
         self.lock = threading.Lock()
         self.workdir = config.workdir or Path(tempfile.mkdtemp(prefix="poolhub-sim-"))
         self.admin = AsyncPoolhubClient(config.url, max_retries=8)
@@ -153,21 +156,12 @@ class Simulation:
         return (["contributor"] * contributors + ["offline"] * offline + ["listener"] * (listeners - late)
                 + ["late-listener"] * late + ["exporter"])
 
-    async def _join(self, index: int, kind: str) -> Member:
-        role = {"contributor": "contributor", "offline": "contributor", "exporter": "exporter"}.get(kind, "listener")
-        # Password hashing is deliberately slow on the server: a generous timeout, few at a time.
+    async def _join(self, account: dict[str, Any], kind: str) -> Member:
         client = AsyncPoolhubClient(self.config.url, max_retries=10, max_retry_wait=90,
                                     timeout=httpx.Timeout(120.0, connect=10.0))
-        username = f"sim-{self.run_id}-{kind}-{index}"
-        password = secrets.token_urlsafe(18)
-        async with self.signups:
-            try:
-                await client.signup(username, password)
-            except TransportError:  # the answer was lost, not necessarily the signup: log in instead
-                await client.login(username, password)
-        async with self.limit:
-            await self.admin.add_member(self.report.pool, username, role)
-        return Member(username=username, role=role, kind=kind, client=client)
+        async with self.logins:
+            await client.login(account["username"], account["password"])
+        return Member(username=account["username"], role=account["role"], kind=kind, client=client)
 
     async def setup(self) -> None:
         await self.admin.login(self.config.admin_username, self.config.admin_password)
@@ -177,9 +171,18 @@ class Simulation:
         self.report.pool, self.report.pool_name = pool["id"], name
         mix = self._mix()
         started = time.monotonic()
-        self.say(f"pool {name}: signing up {len(mix)} simulated members "
-                 "(the server's auth rate limit may pause this; the client waits as Retry-After says)")
-        joined = await asyncio.gather(*(self._join(i, kind) for i, kind in enumerate(mix)), return_exceptions=True)
+        kinds_by_role: dict[str, list[str]] = {}
+        for kind in mix:
+            kinds_by_role.setdefault(ROLE_OF_KIND.get(kind, "listener"), []).append(kind)
+        accounts: list[tuple[dict[str, Any], str]] = []
+        for role, kinds in kinds_by_role.items():
+            created = await self.admin.provision(self.report.pool, len(kinds), prefix=f"sim-{self.run_id}-{role}",
+                                                 role=role)
+            accounts += zip(created, kinds, strict=True)
+        self.say(f"pool {name}: provisioned {len(accounts)} simulated members in "
+                 f"{time.monotonic() - started:.1f}s; logging them in")
+        joined = await asyncio.gather(*(self._join(account, kind) for account, kind in accounts),
+                                      return_exceptions=True)
         self.members = [member for member in joined if isinstance(member, Member)]
         failures = [outcome for outcome in joined if isinstance(outcome, BaseException)]
         if failures:
@@ -383,7 +386,3 @@ async def simulate(config: SimulationConfig, say: Callable[[str], None] = print)
     except PoolhubError as exc:
         simulation.report.problems.append(f"the simulation stopped: {exc}")
         return simulation.report
-
-
-def default_admin() -> tuple[str, str]:
-    return os.environ.get("POOLHUB_ADMIN_USERNAME") or "admin", os.environ.get("POOLHUB_ADMIN_PASSWORD") or ""
