@@ -52,7 +52,3 @@ def pool_roles_for_user(*, user: User) -> dict[UUID, str]:
 
 def pool_member_list(*, pool: Pool) -> QuerySet[Membership]:
     return Membership.objects.filter(pool=pool).select_related("user").order_by("user__username")
-
-
-def pool_member_ids(*, pool_id: UUID) -> list[UUID]:
-    return list(Membership.objects.filter(pool_id=pool_id).values_list("user_id", flat=True))

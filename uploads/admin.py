@@ -7,6 +7,7 @@ from typing import Any
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
+from django.template.defaultfilters import filesizeformat
 
 from lifecycle.services import upload_discard
 from poolhub.errors import ApiError
@@ -16,12 +17,12 @@ from uploads.services import upload_redrive
 
 @admin.register(Upload)
 class UploadAdmin(admin.ModelAdmin):
-    list_display = ["filename", "pool", "uploader", "status", "attempts", "size", "content_type", "timestamp",
+    list_display = ["filename", "pool", "uploader", "status", "attempts", "file_size", "content_type", "timestamp",
                     "group", "created_at"]
     list_filter = ["status", ("pool", admin.RelatedOnlyFieldListFilter),
                    ("uploader", admin.RelatedOnlyFieldListFilter), ("group", admin.RelatedOnlyFieldListFilter),
                    "content_type"]
-    date_hierarchy = "timestamp"
+    date_hierarchy = "created_at"  # when it arrived: a client's `timestamp` may be any year
     search_fields = ["id", "filename", "sha256", "uploader__username", "pool__name"]
     list_select_related = ["pool", "uploader", "group"]
     readonly_fields = ["id", "pool", "uploader", "batch_id", "filename", "size", "sha256", "content_type",
@@ -34,6 +35,10 @@ class UploadAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False  # the event log outlives nothing it describes
+
+    @admin.display(description="size", ordering="size")
+    def file_size(self, upload: Upload) -> str:
+        return filesizeformat(upload.size)
 
     @admin.display(description="events")
     def events(self, upload: Upload) -> str:
@@ -69,6 +74,7 @@ class EventAdmin(admin.ModelAdmin):
     list_display = ["seq", "type", "stream_type", "stream_id", "version", "at", "pool_id", "user_id"]
     list_filter = ["stream_type", "type"]
     search_fields = ["stream_id"]
+    date_hierarchy = "at"
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
