@@ -134,7 +134,7 @@ class GatewayConsumer(AsyncJsonWebsocketConsumer):
             return  # refused and closing: frames already in flight change nothing
         try:
             content = json.loads(text_data) if text_data is not None else None
-        except ValueError:
+        except (ValueError, RecursionError):  # deep nesting too: `invalid`, never a crash
             content = None
         if not isinstance(content, dict):
             await self._send_error("invalid", "frames are JSON objects with a `type`", request_id=None)
