@@ -54,7 +54,8 @@ def files(tmp_path: Path) -> list[Path]:
 
 
 def test_every_role_does_its_job_from_the_page(browser: Browser, tmp_path: Path, webhook_receiver: Any) -> None:
-    pool = Pool.objects.create(name="weather-stations", window_seconds=3600, grace_seconds=60)
+    # A day-long window: the whole run falls in one (the page shows the current one)
+    pool = Pool.objects.create(name="weather-stations", window_seconds=86400, grace_seconds=60)
     for username, role in (("manager", Role.MANAGER), ("exporter", Role.EXPORTER), ("listener", Role.LISTENER)):
         Membership.objects.create(pool=pool, user=make_user(username), role=role)
     make_user("root-admin", admin=True)
