@@ -155,9 +155,14 @@ def test_a_round_logs_json_lines_with_ids_and_no_secrets(stack: Stack) -> None:
     group_lines = [r for r in live_web if r["logger"] == "uvicorn.access" and "/close" in r["message"]]
     assert group_lines and group_lines[0]["group_id"] == group
 
-    store = [r for r in live_worker if r.get("upload_id") == upload["id"] and "succeeded" in r["message"]]
-    assert len(store) == 1, [r for r in live_worker if r.get("upload_id") == upload["id"]]
+    # The worker's line for the event that stored it carries the request id of the upload's POST.
+    store = [r for r in live_worker if r["logger"] == "poolhub.events" and r["message"] == "upload.stored"]
+    assert [r["upload_id"] for r in store] == [upload["id"]]
     assert store[0]["request_id"] == request_id
-    assert store[0]["task_id"]
-    assert store[0]["logger"] == "celery.app.trace"
+    assert store[0]["task_id"] and store[0]["pool_id"] == str(pool.id) and store[0]["group_id"] == group
+    accepted = [r for r in live_web if r["logger"] == "poolhub.events" and r["message"] == "upload.cached"]
+    assert [(r["upload_id"], r["request_id"], r["user_id"]) for r in accepted] == [
+        (upload["id"], request_id, str(users["station-1"].id))]
+    task_lines = [r for r in live_worker if r.get("task_id") == store[0]["task_id"]]
+    assert all(r.get("request_id") == request_id for r in task_lines), task_lines
     assert any("Warm shutdown" in r["message"] for r in live_worker)  # printed by a signal handler, as JSON
