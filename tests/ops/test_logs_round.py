@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
+from websockets.sync.client import connect
 
 from accounts.models import Membership, Pool, Role, User
 from tests import live
@@ -123,6 +124,12 @@ def test_a_round_logs_json_lines_with_ids_and_no_secrets(stack: Stack) -> None:
         latest = http.get(f"/api/v1/pools/{pool.id}/results/latest",
                           headers={"Authorization": f"Bearer {station['access']}"})
         assert latest.status_code == 200
+        with connect(url.replace("http://", "ws://") + "/ws/", open_timeout=30) as socket:
+            socket.send(json.dumps({"type": "connect", "access_token": station["access"]}))
+            assert json.loads(socket.recv(timeout=30))["type"] == "connected"
+            while_open = series(http.get("/metrics").text)
+        live.wait_for(lambda: series(http.get("/metrics").text)["poolhub_websocket_connections"] == 0,
+                      what="the closed socket to be counted out")
         refreshed = http.post("/api/v1/auth/refresh", json={"refresh": station["refresh"]})
         assert refreshed.status_code == 200
         secrets += [refreshed.json()["access"], refreshed.json()["refresh"]]
@@ -137,6 +144,10 @@ def test_a_round_logs_json_lines_with_ids_and_no_secrets(stack: Stack) -> None:
     assert metrics["poolhub_upload_store_seconds_count"] >= 1
     assert metrics['poolhub_celery_tasks_total{outcome="success",task="uploads.store"}'] >= 1
     assert metrics["poolhub_results_total"] >= 1
+    assert metrics["poolhub_broadcast_seconds_count"] >= 1
+    upload_view = 'poolhub_http_requests_total{method="POST",status="202",view="api/v1/pools/<uuid:pool_id>/uploads"}'
+    assert metrics[upload_view] == 1
+    assert while_open["poolhub_websocket_connections"] == 1
 
     live_web, live_worker = _records(web_log), _records(worker_log)
     text = web_log.read_text() + worker_log.read_text()
