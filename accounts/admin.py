@@ -8,6 +8,7 @@ from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
+from django.contrib.auth.models import Group as AuthGroup
 from django.db import models
 from django.db.models import F, QuerySet
 from django.db.models.expressions import Combinable
@@ -19,6 +20,12 @@ from django.urls import path, reverse
 from accounts import services
 from accounts.models import Membership, Pool, Role, User
 from poolhub.errors import ApiError
+
+# The console an operator works from: pools, members, uploads, rounds, results, webhooks.
+admin.site.site_header = admin.site.site_title = "poolhub console"
+admin.site.index_title = "Operations"
+# Access is by pool role and the account's system role; Django's permission groups are unused.
+admin.site.unregister(AuthGroup)
 
 
 @admin.register(User)
@@ -62,6 +69,7 @@ class PoolAdmin(admin.ModelAdmin):
     formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
     list_display = ["name", "window_seconds", "grace_seconds", "late_policy", "member_count", "stored_bytes",
                     "quota_bytes", "retention_days", "created_at"]
+    list_filter = ["late_policy"]
     search_fields = ["name"]
     inlines = [MembershipInline]
     readonly_fields = ["id", "created_at"]

@@ -16,8 +16,8 @@ import base64
 import binascii
 import secrets
 import time
-from collections.abc import Iterator, MutableMapping
-from contextlib import contextmanager, suppress
+from collections.abc import Callable, MutableMapping
+from contextlib import AbstractContextManager
 from typing import Any
 
 import redis
@@ -36,6 +36,7 @@ from uploads.checks import (
     size_check,
     timestamp_parse,
 )
+from uploads.resumable import deadlines_due, writer_lock
 from uploads.services import upload_accept
 from uploads.staging import StagingWriter, staging_drop, staging_size
 
@@ -154,17 +155,10 @@ def _state(*, user: User, transfer_id: Any) -> dict[str, str]:
     return state
 
 
-@contextmanager
-def _locked(transfer_id: str) -> Iterator[None]:
+def _locked(transfer_id: str) -> AbstractContextManager[Callable[[], None]]:
     """One writer per transfer at a time, even across sockets and replicas."""
-    lock = redis_client().lock(f"{PREFIX}{transfer_id}:lock", timeout=60, blocking=False)
-    if not lock.acquire():
-        raise Conflict("another write to this transfer is in progress", details={"transfer_id": transfer_id})
-    try:
-        yield
-    finally:
-        with suppress(redis.exceptions.LockError):  # it outlived its timeout: nothing left to release
-            lock.release()
+    return writer_lock(name=f"{PREFIX}{transfer_id}:lock", busy=lambda: Conflict(
+        "another write to this transfer is in progress", details={"transfer_id": transfer_id}))
 
 
 def _writer(*, transfer_id: str, state: dict[str, str], writers: Writers) -> StagingWriter:
@@ -307,8 +301,7 @@ def _already_completed(*, user: User, transfer_id: Any) -> dict[str, Any] | None
 
 def transfers_expire(*, now: float | None = None, limit: int = 1000) -> int:
     """Drop transfers idle past their deadline, with their staged bytes. Returns how many."""
-    client = redis_client()
-    expired = client.zrangebyscore(DEADLINES, "-inf", now if now is not None else time.time(), start=0, num=limit)
-    for raw in expired:
-        transfer_drop(transfer_id=_text(raw))
+    expired = deadlines_due(key=DEADLINES, now=now, limit=limit)
+    for transfer_id in expired:
+        transfer_drop(transfer_id=transfer_id)
     return len(expired)

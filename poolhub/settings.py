@@ -199,14 +199,14 @@ REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["accounts.authentication.DenylistJWTAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_PARSER_CLASSES": [
-        "rest_framework.parsers.JSONParser",
+        "poolhub.parsers.JSONParser",  # deep nesting: 400, not RecursionError
         "rest_framework.parsers.MultiPartParser",
         "rest_framework.parsers.FormParser",
     ],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "EXCEPTION_HANDLER": "poolhub.errors.api_exception_handler",
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    "DEFAULT_SCHEMA_CLASS": "poolhub.openapi.PoolhubAutoSchema",
+    "DEFAULT_PAGINATION_CLASS": "poolhub.pagination.Pagination",  # limit and offset bounded
     "PAGE_SIZE": 100,
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
     "DEFAULT_THROTTLE_RATES": {
@@ -229,6 +229,10 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "SCHEMA_PATH_PREFIX": "/api/v1",
+    # Request and response shapes are separate components, so file fields are binary in requests.
+    "COMPONENT_SPLIT_REQUEST": True,
+    # JSON bodies, as the contract says; multipart endpoints (uploads, batches, results) say so themselves.
+    "PARSER_WHITELIST": ["rest_framework.parsers.JSONParser"],
     # The docs page's assets are served from this server (no CDN): it works offline.
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
@@ -366,6 +370,9 @@ POOLHUB_MAX_RESULT_BYTES = env_int("POOLHUB_MAX_RESULT_BYTES", 64 * 1024 * 1024)
 # Files larger than this go from the web page over the resumable path (tus where the server has it,
 # else the websocket transfer verbs) instead of one multipart POST.
 POOLHUB_WEB_LARGE_FILE_BYTES = env_int("POOLHUB_WEB_LARGE_FILE_BYTES", 8 * 1024 * 1024)
+# 0: the page sends them over the socket transfer verbs even where the tus endpoint exists
+# (say, behind a proxy that refuses PATCH).
+POOLHUB_WEB_TUS = env_bool("POOLHUB_WEB_TUS", True)
 # whitenoise also serves files the staticfiles finders find (poolhub/static), so the page works from
 # a checkout that never ran collectstatic (`make run`, the browser tests); collected files still win.
 WHITENOISE_USE_FINDERS = True
@@ -377,6 +384,13 @@ MIDDLEWARE.insert(MIDDLEWARE.index("django.contrib.auth.middleware.Authenticatio
                   "accounts.login_guard.AdminLoginGuard")  # the admin's login page: the same counters
 AUTH_PASSWORD_VALIDATORS.append({"NAME": "accounts.validators.NotOnlyWhitespaceValidator"})
 
+# Production over TLS: browsers remember to use https only (HSTS, sent on secure requests), and
+# behind a TLS-terminating proxy that sets X-Forwarded-Proto, requests are known to be secure.
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31536000 if PRODUCTION else 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+if env_bool("POOLHUB_TLS_PROXY", PRODUCTION):
+    # Only safe when the proxy overwrites the header: a client could otherwise claim https.
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 # --- files (docs/configuration.md "Files: downloads and tus") ---------------------------------
 # A tus upload idle this long expires (Upload-Expires) and its staged bytes are released.
 POOLHUB_TUS_EXPIRY_SECONDS = env_int("POOLHUB_TUS_EXPIRY_SECONDS", 6 * 3600)

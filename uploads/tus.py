@@ -37,8 +37,8 @@ import hashlib
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Callable
+from contextlib import AbstractContextManager, suppress
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -61,6 +61,7 @@ from uploads.checks import (
     timestamp_parse,
 )
 from uploads.models import Upload
+from uploads.resumable import deadline_push, deadlines_due, writer_lock
 from uploads.services import upload_accept
 from uploads.staging import StagingWriter, staging_drop, staging_read, staging_size
 
@@ -220,7 +221,7 @@ def _user_cap_error(verdict: int) -> StagingFull:
 def _touch(client: redis.Redis, tus_id: str) -> None:
     """Push the deadline out: an upload expires after a quiet period, not at a fixed time."""
     ttl = expiry_seconds()
-    client.zadd(DEADLINES, {tus_id: time.time() + ttl})
+    deadline_push(client=client, key=DEADLINES, member=tus_id, seconds=ttl)
     client.expire(_state_key(tus_id), ttl * 2)  # a backstop; the sweep removes it first
 
 
@@ -258,18 +259,10 @@ def tus_get(*, user: User, tus_id: str) -> TusUpload:
 
 # --- write --------------------------------------------------------------------------------------
 
-@contextmanager
-def _locked(tus_id: str) -> Iterator[Callable[[], None]]:
+def _locked(tus_id: str) -> AbstractContextManager[Callable[[], None]]:
     """One writer per upload at a time, across requests and web processes; yields a renew()."""
-    lock = redis_client().lock(f"{PREFIX}{tus_id}:lock", timeout=LOCK_SECONDS, blocking=False)
-    if not lock.acquire():
-        raise Conflict("another request is writing to this upload", code="upload_locked",
-                       details={"upload": tus_id})
-    try:
-        yield lambda: lock.extend(LOCK_SECONDS, replace_ttl=True)
-    finally:
-        with suppress(redis.exceptions.LockError):  # it outlived its timeout: nothing left to release
-            lock.release()
+    return writer_lock(name=f"{PREFIX}{tus_id}:lock", seconds=LOCK_SECONDS, busy=lambda: Conflict(
+        "another request is writing to this upload", code="upload_locked", details={"upload": tus_id}))
 
 
 Reader = Callable[[int], bytes]
@@ -422,8 +415,7 @@ def tus_drop(*, tus_id: str) -> None:
 
 def tus_uploads_expire(*, now: float | None = None, limit: int = 1000) -> int:
     """Drop unfinished uploads idle past their deadline, with their staged bytes. Returns how many."""
-    client = redis_client()
-    expired = client.zrangebyscore(DEADLINES, "-inf", now if now is not None else time.time(), start=0, num=limit)
-    for raw in expired:
-        tus_drop(tus_id=_text(raw))
+    expired = deadlines_due(key=DEADLINES, now=now, limit=limit)
+    for tus_id in expired:
+        tus_drop(tus_id=tus_id)
     return len(expired)

@@ -11,10 +11,10 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from accounts.api.serializers import ErrorOutput
 from accounts.models import Role, User
 from accounts.selectors import pool_access
 from lifecycle.selectors import pool_usage
+from poolhub.openapi import error_responses
 
 
 class UsageOutput(serializers.Serializer):
@@ -29,7 +29,7 @@ class UsageOutput(serializers.Serializer):
 
 
 class PoolUsageApi(APIView):
-    @extend_schema(responses={200: UsageOutput, **dict.fromkeys((401, 403, 404), ErrorOutput)})
+    @extend_schema(responses={200: UsageOutput, **error_responses(401, 403, 404)})
     def get(self, request: Request, pool_id: UUID) -> Response:
         pool = pool_access(user=cast(User, request.user), pool_id=pool_id, roles=[Role.MANAGER])
         return Response(UsageOutput(pool_usage(pool=pool)).data)

@@ -117,9 +117,15 @@ class Browser:
 
 
 @pytest.fixture
-def web_url(transactional_db: Any) -> Iterator[str]:
+def web_env() -> dict[str, str]:
+    """Extra environment of the test's web server (a test module may override this fixture)."""
+    return {}
+
+
+@pytest.fixture
+def web_url(transactional_db: Any, web_env: dict[str, str]) -> Iterator[str]:
     process, url = live.start_web(live.child_env(POOLHUB_WEB_LARGE_FILE_BYTES=str(LARGE_FILE_BYTES),
-                                                 POOLHUB_WS_CHUNK_BYTES=str(SOCKET_CHUNK_BYTES)))
+                                                 POOLHUB_WS_CHUNK_BYTES=str(SOCKET_CHUNK_BYTES), **web_env))
     try:
         yield url
     finally:

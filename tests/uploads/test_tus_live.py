@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import socket
+from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -13,12 +15,14 @@ import pytest
 from tusclient import client as tus_client
 from tusclient.exceptions import TusCommunicationError, TusUploadFailed
 
+from accounts.models import LatePolicy
 from accounts.tokens import token_pair_issue
 from poolhub.filestore import Bucket, file_chunks
 from tests import live
-from tests.uploads.conftest import WHEN, payload, sha
+from tests.uploads.conftest import WHEN, WHEN_DT, payload, sha
 from uploads.models import Upload
 from uploads.staging import staging_used_bytes
+from uploads.tus import tus_uploads_expire
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -31,8 +35,6 @@ def auth(user: Any) -> dict[str, str]:
 
 def uploader(base: str, pool: Any, user: Any, data: bytes, **kwargs: Any) -> Any:
     client = tus_client.TusClient(f"{base}/api/v1/pools/{pool.id}/tus", headers=auth(user))
-    import io
-
     return client.uploader(file_stream=io.BytesIO(data), metadata={"filename": "big.bin", "timestamp": WHEN},
                            **kwargs)
 
@@ -105,3 +107,62 @@ def test_tuspy_with_checksums_creation_with_upload_and_the_errors_over_the_live_
         refused.upload()
     assert failure.value.status_code == 415
     assert b"forbidden_type" in (failure.value.response_content or b"")
+
+
+@pytest.fixture
+def small_server(transactional_db: Any) -> Any:
+    """A live server with a 3 MiB staging budget and a 6 MiB per-user cap on unfinished tus uploads."""
+    process, url = live.start_web(live.child_env(POOLHUB_STAGING_BUDGET_BYTES=str(3 * MB),
+                                                 POOLHUB_TUS_USER_MAX_BYTES=str(6 * MB)))
+    try:
+        yield url
+    finally:
+        live.stop(process)
+
+
+def failure_of(upload: Any) -> tuple[int, bytes]:
+    with pytest.raises((TusUploadFailed, TusCommunicationError)) as failure:
+        upload.upload()
+    return failure.value.status_code, failure.value.response_content or b""
+
+
+def test_budget_cap_expiry_and_the_rest_checks_through_tuspy(small_server, pool, contributor, listener):
+    # The staging budget: a 4 MiB file cannot be staged whole; 503 staging_full, and the bytes
+    # staged so far are what HEAD reports.
+    big = uploader(small_server, pool, contributor, payload(4 * MB, seed=31), chunk_size=4 * MB)
+    status, body = failure_of(big)
+    assert (status, b"staging_full" in body) == (503, True)
+    assert big.get_offset() == staging_used_bytes() <= 3 * MB
+
+    # The user's cap: 4 MiB declared are open; another 4 MiB is refused at creation.
+    status, body = failure_of(uploader(small_server, pool, contributor, payload(4 * MB, seed=32)))
+    assert (status, b'"scope": "user"' in body or b'"scope":"user"' in body) == (503, True)
+
+    # Expiry releases the staged bytes and the user's share.
+    assert tus_uploads_expire(now=2 ** 40) >= 1
+    assert staging_used_bytes() == 0
+    with httpx.Client(headers={**auth(contributor), "Tus-Resumable": "1.0.0"}) as http:
+        assert http.head(big.url).status_code == 404
+    small = uploader(small_server, pool, contributor, payload(100_000, seed=33))
+    small.upload()
+    assert small.request.response_headers["poolhub-upload-id"]
+
+    # Every REST check through tus, with the REST status and code.
+    old = (WHEN_DT - timedelta(hours=3)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    pool.late_policy = LatePolicy.REJECT
+    pool.max_file_bytes = 1 * MB
+    pool.save()
+    client = tus_client.TusClient(f"{small_server}/api/v1/pools/{pool.id}/tus", headers=auth(contributor))
+    data = payload(200_000, seed=34)
+    cases = [
+        (client, payload(MB + 1, seed=35), {"filename": "a.bin", "timestamp": WHEN}, 413, b"file_too_large"),
+        (client, data, {"filename": "a.bin"}, 400, b"invalid_timestamp"),
+        (client, data, {"filename": "a.bin", "timestamp": WHEN, "sha256": "0" * 64}, 400, b"checksum_mismatch"),
+        (client, data, {"filename": "a.bin", "timestamp": old}, 409, b"late_upload"),
+        (tus_client.TusClient(client.url, headers=auth(listener)), data, {"filename": "a.bin", "timestamp": WHEN},
+         403, b"forbidden"),
+    ]
+    for tus, content, meta, expected_status, code in cases:
+        status, body = failure_of(tus.uploader(file_stream=io.BytesIO(content), metadata=meta, chunk_size=100_000))
+        assert (status, code in body) == (expected_status, True), (meta, body)
+    assert staging_used_bytes() == 100_000  # only the accepted upload's bytes (no worker here stores them)
