@@ -45,28 +45,25 @@ class UploadAdmin(admin.ModelAdmin):
         rows = Event.objects.filter(stream_type="upload", stream_id=upload.id).order_by("seq")
         return "\n".join(f"#{e.seq} {e.at:%Y-%m-%d %H:%M:%S} {e.type} {e.data}" for e in rows)
 
-    @admin.action(description="Re-drive selected failed uploads to storage")
-    def redrive(self, request: HttpRequest, queryset: QuerySet[Upload]) -> None:
+    def _each_failed(self, request: HttpRequest, queryset: QuerySet[Upload], service: Any, done_as: str) -> None:
+        """Run `service` on each selected failed upload; say which were refused and how many were done."""
         done = 0
         for upload in queryset.filter(status=UploadStatus.FAILED):
             try:
-                upload_redrive(upload_id=upload.id, by=request.user)  # type: ignore[arg-type]
+                service(upload_id=upload.id, by=request.user)
                 done += 1
             except ApiError as exc:
                 self.message_user(request, f"{upload}: {exc.message}", messages.ERROR)
-        self.message_user(request, f"{done} upload(s) re-driven", messages.SUCCESS)
+        self.message_user(request, f"{done} upload(s) {done_as}", messages.SUCCESS)
+
+    @admin.action(description="Re-drive selected failed uploads to storage")
+    def redrive(self, request: HttpRequest, queryset: QuerySet[Upload]) -> None:
+        self._each_failed(request, queryset, upload_redrive, "re-driven")
 
 
     @admin.action(description="Discard selected failed uploads (their staged bytes go now; no re-drive after)")
     def discard(self, request: HttpRequest, queryset: QuerySet[Upload]) -> None:
-        done = 0
-        for upload in queryset.filter(status=UploadStatus.FAILED):
-            try:
-                upload_discard(upload_id=upload.id, by=request.user)  # type: ignore[arg-type]
-                done += 1
-            except ApiError as exc:
-                self.message_user(request, f"{upload}: {exc.message}", messages.ERROR)
-        self.message_user(request, f"{done} upload(s) discarded", messages.SUCCESS)
+        self._each_failed(request, queryset, upload_discard, "discarded")
 
 
 @admin.register(Event)
