@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from django.contrib import admin, messages
@@ -45,25 +46,24 @@ class UploadAdmin(admin.ModelAdmin):
         rows = Event.objects.filter(stream_type="upload", stream_id=upload.id).order_by("seq")
         return "\n".join(f"#{e.seq} {e.at:%Y-%m-%d %H:%M:%S} {e.type} {e.data}" for e in rows)
 
-    def _each_failed(self, request: HttpRequest, queryset: QuerySet[Upload], service: Any, done_as: str) -> None:
-        """Run `service` on each selected failed upload; say which were refused and how many were done."""
-        done = 0
-        for upload in queryset.filter(status=UploadStatus.FAILED):
-            try:
-                service(upload_id=upload.id, by=request.user)
-                done += 1
-            except ApiError as exc:
-                self.message_user(request, f"{upload}: {exc.message}", messages.ERROR)
-        self.message_user(request, f"{done} upload(s) {done_as}", messages.SUCCESS)
-
     @admin.action(description="Re-drive selected failed uploads to storage")
     def redrive(self, request: HttpRequest, queryset: QuerySet[Upload]) -> None:
-        self._each_failed(request, queryset, upload_redrive, "re-driven")
-
+        self._each_failed(request, queryset, upload_redrive, done="re-driven")
 
     @admin.action(description="Discard selected failed uploads (their staged bytes go now; no re-drive after)")
     def discard(self, request: HttpRequest, queryset: QuerySet[Upload]) -> None:
-        self._each_failed(request, queryset, upload_discard, "discarded")
+        self._each_failed(request, queryset, upload_discard, done="discarded")
+
+    def _each_failed(self, request: HttpRequest, queryset: QuerySet[Upload], service: Callable[..., Any],
+                     *, done: str) -> None:
+        count = 0
+        for upload in queryset.filter(status=UploadStatus.FAILED):
+            try:
+                service(upload_id=upload.id, by=request.user)
+                count += 1
+            except ApiError as exc:
+                self.message_user(request, f"{upload}: {exc.message}", messages.ERROR)
+        self.message_user(request, f"{count} upload(s) {done}", messages.SUCCESS)
 
 
 @admin.register(Event)
