@@ -83,6 +83,18 @@ def _usage_change(*, pool_id: UUID, delta: int, quota: int | None = None) -> boo
     return False
 
 
+def pool_usage_recount(*, pool_id: UUID) -> tuple[int, int]:
+    """Set the pool's counter from its rows again (after a manual database edit, say). Exact while
+    uploads go on: the row lock waits for acceptances that reserved bytes to commit, and holds off
+    new ones until the count is in. Returns (before, after)."""
+    with transaction.atomic():
+        _usage_row(pool_id=pool_id)
+        usage = PoolUsage.objects.select_for_update().get(pool_id=pool_id)
+        before, usage.bytes = usage.bytes, pool_held_bytes(pool_id=pool_id)
+        usage.save(update_fields=["bytes", "updated_at"])
+    return before, usage.bytes
+
+
 def pool_bytes_reserve(*, pool: Pool, size: int) -> None:
     """Count `size` more bytes for the pool, or 413 `quota_exceeded` if that would pass its quota.
     Call inside the transaction that records what holds them: its rollback gives them back."""
