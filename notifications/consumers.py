@@ -176,6 +176,7 @@ class GatewayConsumer(AsyncJsonWebsocketConsumer):
             "write-chunk": self._on_write_chunk,
             "complete-upload": self._on_complete_upload,
             "get-transfer": self._on_get_transfer,
+            "abort-transfer": self._on_abort_transfer,
         }
 
     async def _on_connect(self, content: dict[str, Any]) -> dict[str, Any] | None:
@@ -227,6 +228,10 @@ class GatewayConsumer(AsyncJsonWebsocketConsumer):
         upload = await in_thread(transfers.transfer_complete)(
             user=self._user(), frame=content, writers=self.writers)
         return {"type": "upload-accepted", "upload": upload}
+
+    async def _on_abort_transfer(self, content: dict[str, Any]) -> dict[str, Any]:
+        aborted = await in_thread(transfers.transfer_abort)(user=self._user(), frame=content, writers=self.writers)
+        return {"type": "transfer-aborted", **aborted}
 
     async def _on_get_transfer(self, content: dict[str, Any]) -> dict[str, Any]:
         state = await in_thread(transfers.transfer_status)(user=self._user(), frame=content)
