@@ -49,15 +49,15 @@ def render(message: str, *args: object, name: str = "poolhub.test", **extra: obj
 def test_a_line_has_the_contract_fields_and_the_context_ids() -> None:
     token = log_context_new(request_id="req-1", task_id=None)
     try:
-        log_context_bind(upload_id="u-1", pool_id="p-1")
-        log_context_bind(upload_id="u-2")  # the first id bound stays
+        log_context_bind(upload_id="u-1", pool_id="p-1", group_id="g-1")
+        log_context_bind(upload_id="u-1", group_id="g-2")  # a second group: which one is not known
         line = render("stored %s", "u-1")
     finally:
         log_context_end(token)
 
     assert line["level"] == "WARNING" and line["logger"] == "poolhub.test" and line["message"] == "stored u-1"
     assert line["request_id"] == "req-1" and line["upload_id"] == "u-1" and line["pool_id"] == "p-1"
-    assert "task_id" not in line
+    assert "task_id" not in line and "group_id" not in line
     assert str(line["ts"]).endswith("+00:00")
 
 
