@@ -317,7 +317,7 @@ def metrics_text() -> bytes:
 # --- GET /metrics --------------------------------------------------------------------------------
 
 def _access_allowed(*, address: str, headers: Any, token: str | None, networks: list[str]) -> bool:
-    """API.md "Operations": an address in METRICS_ALLOWED_CIDRS, or `Authorization: Bearer METRICS_TOKEN`.
+    """docs/api.md "Operations": an address in METRICS_ALLOWED_CIDRS, or `Authorization: Bearer METRICS_TOKEN`.
 
     A request that came through a proxy (it carries X-Forwarded-For or Forwarded) never passes on
     its address: the proxy's own address may well be inside the allowed networks.
