@@ -49,8 +49,8 @@ DEMO_ARGS ?= --clients 50
 demo: $(CLIENT_STAMP)
 	$(BIN)/poolhub --url "$${POOLHUB_URL:-http://127.0.0.1:8000}" simulate $(DEMO_ARGS)
 
-# Every figure of issue 7 beside its raw baseline, on a private stack on 127.0.0.1; writes BENCHMARKS.md.
-# BENCH_QUICK=1 for a ~2 minute smoke run; see bench/run.py for the other knobs.
+# Every performance figure beside its baselines, on a private stack on 127.0.0.1; writes BENCHMARKS.md.
+# BENCH_QUICK=1 for a smoke run of a few minutes; bench/README.md lists the other knobs.
 bench: $(STAMP)
 	$(BIN)/python -m bench
 

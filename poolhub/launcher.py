@@ -28,6 +28,7 @@ from types import FrameType
 from poolhub.embedded import EmbeddedService, private_child, private_dir, start_filestore, start_redis
 
 BASE_DIR = Path(__file__).resolve().parent.parent
+BIN_DIR = Path(sys.executable).parent
 
 
 def log(message: str) -> None:
@@ -51,8 +52,11 @@ def ensure_local_secret_key(var_dir: Path) -> Path:
 
 
 class Stack:
-    def __init__(self) -> None:
-        self.env = dict(os.environ)
+    """The processes of one stack; `make bench` reuses it, with its children's output in log files."""
+
+    def __init__(self, env: dict[str, str] | None = None, log_dir: Path | None = None) -> None:
+        self.env = dict(os.environ if env is None else env)
+        self.log_dir = log_dir
         self.var_dir = Path(self.env.get("POOLHUB_VAR_DIR") or BASE_DIR / "var")
         self.env["POOLHUB_VAR_DIR"] = str(self.var_dir)
         self.embedded: list[EmbeddedService] = []
@@ -83,9 +87,18 @@ class Stack:
         subprocess.run([sys.executable, "manage.py", *args], cwd=BASE_DIR, env=self.env, check=True,
                        preexec_fn=private_child, start_new_session=True)
 
-    def spawn(self, name: str, args: list[str]) -> None:
-        self.children[name] = subprocess.Popen(args, cwd=BASE_DIR, env=self.env, preexec_fn=private_child,
-                                               stdin=subprocess.DEVNULL, start_new_session=True)
+    def spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
+        """Start a child; with `log_dir`, its output goes to `<name>.log` there."""
+        out = open(self.log_dir / f"{name}.log", "ab") if self.log_dir else None  # noqa: SIM115 - closed below
+        try:
+            child = subprocess.Popen(args, cwd=BASE_DIR, env=self.env, preexec_fn=private_child,
+                                     stdin=subprocess.DEVNULL, start_new_session=True, stdout=out,
+                                     stderr=subprocess.STDOUT if out else None)
+        finally:
+            if out is not None:
+                out.close()  # the child holds its own copy
+        self.children[name] = child
+        return child
 
     def web_proxy_args(self) -> list[str]:
         """X-Forwarded-For and -Proto are believed only from the proxies the operator names in
@@ -113,23 +126,38 @@ class Stack:
         path.mkdir(parents=True)
         self.env["PROMETHEUS_MULTIPROC_DIR"] = str(path)
 
+    def quiet(self) -> list[str]:
+        return ["--quiet"] if self.env.get("LOG_FORMAT") == "json" else []  # no banner among JSON lines
+
+    def web_args(self, app: str = "poolhub.asgi:application", processes: int = 1) -> list[str]:
+        """The ASGI server's command line (`make bench` serves its bare baseline app with the same)."""
+        args = [str(BIN_DIR / "uvicorn"), app, "--host", self.env.get("HOST", "127.0.0.1"),
+                "--port", self.env.get("PORT", "8000"), "--ws", "websockets-sansio", "--lifespan", "off",
+                "--no-server-header", *self.web_proxy_args(), "--timeout-graceful-shutdown", "10",
+                "--log-level", self.env.get("UVICORN_LOG_LEVEL", "info")]
+        return [*args, "--workers", str(processes)] if processes > 1 else args
+
     def start_processes(self) -> None:
         self.metrics_dir()
-        quiet = ["--quiet"] if self.env.get("LOG_FORMAT") == "json" else []  # no banner among JSON lines
-        host = self.env.get("HOST", "127.0.0.1")
-        port = self.env.get("PORT", "8000")
-        bin_dir = Path(sys.executable).parent
-        self.spawn("web", [str(bin_dir / "uvicorn"), "poolhub.asgi:application", "--host", host, "--port", port,
-                           "--ws", "websockets-sansio", "--lifespan", "off", "--no-server-header",
-                           *self.web_proxy_args(), "--timeout-graceful-shutdown", "10", "--log-level",
-                           self.env.get("UVICORN_LOG_LEVEL", "info")])
-        log(f"web (ASGI: API, websockets, admin) on http://{host}:{port}/")
+        self.start_web()
+        self.start_worker()
+        self.start_beat()
+
+    def start_web(self, processes: int = 1) -> None:
+        self.spawn("web", self.web_args(processes=processes))
+        log(f"web (ASGI: API, websockets, admin) on http://{self.env.get('HOST', '127.0.0.1')}:"
+            f"{self.env.get('PORT', '8000')}/")
+
+    def start_worker(self, loglevel: str = "INFO") -> None:
         concurrency = self.env.get("CELERY_CONCURRENCY", "2")
-        self.spawn("worker", [str(bin_dir / "celery"), "-A", "celery_app", *quiet, "worker", "--loglevel", "INFO",
-                              "--concurrency", concurrency, "--prefetch-multiplier", "1", "-Q",
-                              self.env.get("CELERY_QUEUE", "poolhub"), "--hostname", f"poolhub@{os.uname()[1]}"])
+        queue = self.env.get("CELERY_QUEUE", "poolhub")
+        self.spawn("worker", [str(BIN_DIR / "celery"), "-A", "celery_app", *self.quiet(), "worker", "--loglevel",
+                              loglevel, "--concurrency", concurrency, "--prefetch-multiplier", "1", "-Q", queue,
+                              "--hostname", f"{queue}@{os.uname()[1]}"])
         log(f"Celery worker ({concurrency} processes)")
-        self.spawn("beat", [str(bin_dir / "celery"), "-A", "celery_app", *quiet, "beat", "--loglevel", "INFO",
+
+    def start_beat(self) -> None:
+        self.spawn("beat", [str(BIN_DIR / "celery"), "-A", "celery_app", *self.quiet(), "beat", "--loglevel", "INFO",
                             "--schedule", str(self.var_dir / "celerybeat-schedule")])
         log("Celery beat")
 

@@ -427,40 +427,30 @@
     await start();
   }
 
-  async function login(event) {
-    event.preventDefault();
-    const form = event.target;
-    fieldError(form, "");
-    showError("");
-    const username = form.elements.username.value;
-    const password = form.elements.password.value;
-    try {
-      await signedIn(await api("/auth/login", { method: "POST", json: { username, password } }), form);
-    } catch (e) {
-      fieldError(form, e.message);
-    }
-  }
-
-  async function signup(event) {
-    event.preventDefault();
-    const form = event.target;
-    fieldError(form, "");
-    showError("");
-    const username = form.elements.username.value;
-    const password = form.elements.password.value;
-    if (password !== form.elements.password2.value) {
-      fieldError(form, "the two passwords differ");
-      return;
-    }
-    try {
-      await signedIn(await api("/auth/signup", { method: "POST", json: { username, password } }), form);
-    } catch (e) {
-      fieldError(form, e.message);
-    }
+  // Log in or create a user (the form with a repeated password) and start the session.
+  function authForm(path) {
+    return async (event) => {
+      event.preventDefault();
+      const form = event.target;
+      fieldError(form, "");
+      showError("");
+      const username = form.elements.username.value;
+      const password = form.elements.password.value;
+      if (form.elements.password2 && password !== form.elements.password2.value) {
+        fieldError(form, "the two passwords differ");
+        return;
+      }
+      try {
+        await signedIn(await api(path, { method: "POST", json: { username, password } }), form);
+      } catch (e) {
+        fieldError(form, e.message);
+      }
+    };
   }
 
   async function logout() {
     const refresh = tokens.refresh;
+    wsClose(); // first: the server closes a logged-out token's socket, which must not look like an expiry
     try {
       await api("/auth/logout", { method: "POST", json: refresh ? { refresh } : {} });
     } catch (e) { /* logged out locally either way */ }
@@ -1627,8 +1617,8 @@
     options($("settings-form").elements.late_policy, LATE_POLICIES);
     options($("settings-form").elements.short_round_policy, ["roll", "skip"],
       ["moves its uploads to the next window", "is skipped, never exported"]);
-    $("login-form").addEventListener("submit", login);
-    $("signup-form").addEventListener("submit", signup);
+    $("login-form").addEventListener("submit", authForm("/auth/login"));
+    $("signup-form").addEventListener("submit", authForm("/auth/signup"));
     $("logout").addEventListener("click", logout);
     $("account-open").addEventListener("click", () => { $("account-view").hidden = false; $("password-form").elements.current_password.focus(); });
     $("account-close").addEventListener("click", () => { $("account-view").hidden = true; });
