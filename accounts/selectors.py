@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from uuid import UUID
 
+from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db.models import QuerySet
 
 from accounts.models import Membership, Pool, Role, User
@@ -28,7 +29,7 @@ def pool_access(*, user: User, pool_id: UUID | str, roles: Iterable[Role] | None
     """
     try:
         pool = Pool.objects.get(id=pool_id)
-    except (Pool.DoesNotExist, ValueError, TypeError) as exc:
+    except (Pool.DoesNotExist, ValueError, TypeError, DjangoValidationError) as exc:  # "x" is no UUID: 404
         raise NotFound("no such pool") from exc
     if user_is_admin(user=user):
         return pool

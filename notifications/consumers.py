@@ -134,7 +134,7 @@ class GatewayConsumer(AsyncJsonWebsocketConsumer):
             return  # refused and closing: frames already in flight change nothing
         try:
             content = json.loads(text_data) if text_data is not None else None
-        except ValueError:
+        except (ValueError, RecursionError):  # deep nesting too: `invalid`, never a crash
             content = None
         if not isinstance(content, dict):
             await self._send_error("invalid", "frames are JSON objects with a `type`", request_id=None)
@@ -176,6 +176,7 @@ class GatewayConsumer(AsyncJsonWebsocketConsumer):
             "write-chunk": self._on_write_chunk,
             "complete-upload": self._on_complete_upload,
             "get-transfer": self._on_get_transfer,
+            "abort-transfer": self._on_abort_transfer,
         }
 
     async def _on_connect(self, content: dict[str, Any]) -> dict[str, Any] | None:
@@ -227,6 +228,10 @@ class GatewayConsumer(AsyncJsonWebsocketConsumer):
         upload = await in_thread(transfers.transfer_complete)(
             user=self._user(), frame=content, writers=self.writers)
         return {"type": "upload-accepted", "upload": upload}
+
+    async def _on_abort_transfer(self, content: dict[str, Any]) -> dict[str, Any]:
+        aborted = await in_thread(transfers.transfer_abort)(user=self._user(), frame=content, writers=self.writers)
+        return {"type": "transfer-aborted", **aborted}
 
     async def _on_get_transfer(self, content: dict[str, Any]) -> dict[str, Any]:
         state = await in_thread(transfers.transfer_status)(user=self._user(), frame=content)

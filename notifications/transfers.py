@@ -1,4 +1,4 @@
-"""Chunked uploads over the websocket: `start-transfer`, `write-chunk`, `complete-upload`.
+"""Chunked uploads over the websocket: `start-transfer`, `write-chunk`, `complete-upload`, `abort-transfer`.
 
 The bytes go through the same `StagingWriter` (size, type, hash, staging budget) and the same
 `upload_accept` as a REST upload, after the same checks (`uploads.checks`), so every refusal has
@@ -39,6 +39,7 @@ from uploads.checks import (
 from uploads.resumable import deadlines_due, writer_lock
 from uploads.services import upload_accept
 from uploads.staging import StagingWriter, staging_drop, staging_size
+from uploads.transfer_limits import transfer_release, transfer_reserve
 
 PREFIX = "poolhub:ws:transfer:"
 DEADLINES = PREFIX + "deadlines"  # sorted set: transfer id -> unix time it expires at
@@ -84,10 +85,6 @@ def _int_field(frame: dict[str, Any], name: str) -> int:
     return value
 
 
-def max_open() -> int:
-    return int(settings.POOLHUB_WS_MAX_OPEN_TRANSFERS)
-
-
 def _user_key(user_id: Any) -> str:
     """The user's open transfers (id -> deadline): a cap on how many one user may hold."""
     return f"{PREFIX}user:{user_id}"
@@ -101,11 +98,6 @@ def _touch(client: redis.Redis, transfer_id: str, user_id: Any) -> None:
     client.zadd(_user_key(user_id), {transfer_id: deadline})
     client.expire(_user_key(user_id), ttl * 2)
     client.expire(_state_key(transfer_id), ttl * 2)  # a backstop; the sweep removes it first
-
-
-def _open_count(client: redis.Redis, user_id: Any) -> int:
-    client.zremrangebyscore(_user_key(user_id), "-inf", time.time())
-    return int(client.zcard(_user_key(user_id)))
 
 
 # --- start ------------------------------------------------------------------------------------
@@ -125,9 +117,7 @@ def transfer_start(*, user: User, frame: dict[str, Any]) -> dict[str, Any]:
     transfers_expire()
     transfer_id = secrets.token_hex(16)
     client = redis_client()
-    if _open_count(client, user.pk) >= max_open():
-        raise Conflict(f"you have {max_open()} transfers open: complete or abandon one first",
-                       details={"open_transfers": max_open()})
+    transfer_reserve(user_id=user.pk, transfer_id=transfer_id, size=size)  # per-user caps: 503 staging_full
     try:
         client.hset(_state_key(transfer_id), mapping={
             "user": str(user.pk), "pool": str(pool.pk), "size": size, "timestamp": timestamp.isoformat(),
@@ -181,6 +171,7 @@ def transfer_drop(*, transfer_id: str) -> None:
     owner = client.hget(_state_key(transfer_id), "user")
     if owner is not None:
         client.zrem(_user_key(_text(owner)), transfer_id)
+        transfer_release(user_id=_text(owner), transfer_id=transfer_id)
     client.delete(_state_key(transfer_id))
     client.zrem(DEADLINES, transfer_id)
 
@@ -277,8 +268,20 @@ def transfer_complete(*, user: User, frame: dict[str, Any], writers: Writers) ->
         client.delete(_state_key(transfer_id))  # the staged bytes now belong to the upload
         client.zrem(DEADLINES, transfer_id)
         client.zrem(_user_key(user.pk), transfer_id)
+        transfer_release(user_id=user.pk, transfer_id=transfer_id)
         writers.pop(transfer_id, None)
     return body
+
+
+def transfer_abort(*, user: User, frame: dict[str, Any], writers: Writers) -> dict[str, Any]:
+    """`abort-transfer`: the user gives up; its staged bytes and its reservation are released."""
+    transfer_id = frame.get("transfer_id")
+    _state(user=user, transfer_id=transfer_id)  # 404 unless it is this user's open transfer
+    assert isinstance(transfer_id, str)
+    with _locked(transfer_id):
+        writers.pop(transfer_id, None)
+        transfer_drop(transfer_id=transfer_id)
+    return {"transfer_id": transfer_id}
 
 
 def _already_completed(*, user: User, transfer_id: Any) -> dict[str, Any] | None:

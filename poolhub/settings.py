@@ -199,14 +199,14 @@ REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["accounts.authentication.DenylistJWTAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_PARSER_CLASSES": [
-        "rest_framework.parsers.JSONParser",
+        "poolhub.parsers.JSONParser",  # deep nesting: 400, not RecursionError
         "rest_framework.parsers.MultiPartParser",
         "rest_framework.parsers.FormParser",
     ],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "EXCEPTION_HANDLER": "poolhub.errors.api_exception_handler",
     "DEFAULT_SCHEMA_CLASS": "poolhub.openapi.PoolhubAutoSchema",
-    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    "DEFAULT_PAGINATION_CLASS": "poolhub.pagination.Pagination",  # limit and offset bounded
     "PAGE_SIZE": 100,
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
     "DEFAULT_THROTTLE_RATES": {
@@ -289,8 +289,8 @@ CELERY_BEAT_SCHEDULE["uploads.staging_reconcile"] = {"task": "uploads.staging_re
 # Websocket gateway (docs/realtime.md): auth deadline, chunk size, idle transfers expire (bytes dropped).
 POOLHUB_WS_AUTH_SECONDS = env_int("POOLHUB_WS_AUTH_SECONDS", 10)
 POOLHUB_WS_CHUNK_BYTES = env_int("POOLHUB_WS_CHUNK_BYTES", 512 * 1024)
-POOLHUB_WS_TRANSFER_TTL_SECONDS = env_int("POOLHUB_WS_TRANSFER_TTL_SECONDS", 3600)
-POOLHUB_WS_MAX_OPEN_TRANSFERS = env_int("POOLHUB_WS_MAX_OPEN_TRANSFERS", 32)
+POOLHUB_WS_TRANSFER_TTL_SECONDS = env_int("POOLHUB_WS_TRANSFER_TTL_SECONDS", 300)  # idle: released
+POOLHUB_WS_MAX_OPEN_TRANSFERS = env_int("POOLHUB_WS_MAX_OPEN_TRANSFERS", 8)
 POOLHUB_WS_RESYNC_SECONDS = env_int("POOLHUB_WS_RESYNC_SECONDS", 600)  # an open socket re-reads its pools
 CELERY_BEAT_SCHEDULE["notifications.transfers_expire"] = {"task": "notifications.transfers_expire",
                                                           "schedule": 60.0}
@@ -391,6 +391,9 @@ SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", Fals
 if env_bool("POOLHUB_TLS_PROXY", PRODUCTION):
     # Only safe when the proxy overwrites the header: a client could otherwise claim https.
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# One user's websocket transfers (uploads/transfer_limits.py): the bytes their declared sizes may
+# reserve of the staging budget (and POOLHUB_WS_MAX_OPEN_TRANSFERS of them); past either, 503 staging_full.
+POOLHUB_USER_STAGING_BYTES = env_int("POOLHUB_USER_STAGING_BYTES", 256 * 1024 * 1024)
 # --- files (docs/configuration.md "Files: downloads and tus") ---------------------------------
 # A tus upload idle this long expires (Upload-Expires) and its staged bytes are released.
 POOLHUB_TUS_EXPIRY_SECONDS = env_int("POOLHUB_TUS_EXPIRY_SECONDS", 6 * 3600)

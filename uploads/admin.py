@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from django.contrib import admin, messages
@@ -47,26 +48,22 @@ class UploadAdmin(admin.ModelAdmin):
 
     @admin.action(description="Re-drive selected failed uploads to storage")
     def redrive(self, request: HttpRequest, queryset: QuerySet[Upload]) -> None:
-        done = 0
-        for upload in queryset.filter(status=UploadStatus.FAILED):
-            try:
-                upload_redrive(upload_id=upload.id, by=request.user)  # type: ignore[arg-type]
-                done += 1
-            except ApiError as exc:
-                self.message_user(request, f"{upload}: {exc.message}", messages.ERROR)
-        self.message_user(request, f"{done} upload(s) re-driven", messages.SUCCESS)
-
+        self._each_failed(request, queryset, upload_redrive, done="re-driven")
 
     @admin.action(description="Discard selected failed uploads (their staged bytes go now; no re-drive after)")
     def discard(self, request: HttpRequest, queryset: QuerySet[Upload]) -> None:
-        done = 0
+        self._each_failed(request, queryset, upload_discard, done="discarded")
+
+    def _each_failed(self, request: HttpRequest, queryset: QuerySet[Upload], service: Callable[..., Any],
+                     *, done: str) -> None:
+        count = 0
         for upload in queryset.filter(status=UploadStatus.FAILED):
             try:
-                upload_discard(upload_id=upload.id, by=request.user)  # type: ignore[arg-type]
-                done += 1
+                service(upload_id=upload.id, by=request.user)
+                count += 1
             except ApiError as exc:
                 self.message_user(request, f"{upload}: {exc.message}", messages.ERROR)
-        self.message_user(request, f"{done} upload(s) discarded", messages.SUCCESS)
+        self.message_user(request, f"{count} upload(s) {done}", messages.SUCCESS)
 
 
 @admin.register(Event)

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any, cast
 from uuid import UUID
 
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
@@ -225,7 +226,10 @@ class MemberProvisionApi(APIView):
     """
 
     @extend_schema(request=ProvisionSchemaInput,
-                   responses={201: ProvisionOutput, **error_responses(400, 401, 403, 404, 409)})
+                   responses={201: ProvisionOutput, **error_responses(400, 401, 403, 404, 409, 503)},
+                   parameters=[OpenApiParameter("Idempotency-Key", OpenApiTypes.STR, OpenApiParameter.HEADER,
+                                                description="the same key and body return the first response "
+                                                            "again and create nothing")])
     def post(self, request: Request, pool_id: UUID) -> Response:
         user = _user(request)
         pool = selectors.pool_access(user=user, pool_id=pool_id, roles=[Role.MANAGER])

@@ -166,3 +166,21 @@ def test_admin_lists_pools_by_usage(client, admin_user, pool, other_pool, contri
     page = client.get("/admin/accounts/pool/").content.decode()
     assert "5,000,000" in page
     assert page.index(other_pool.name) < page.index(pool.name)  # the pool holding the most first
+
+
+@pytest.mark.django_db
+def test_recount_sets_the_counter_from_the_rows(api, pool, contributor, manager):
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    from lifecycle.models import PoolUsage
+
+    assert upload(api(contributor), pool, 700, seed=1).status_code == 202
+    PoolUsage.objects.filter(pool=pool).update(bytes=5)  # a hand edit
+
+    out = StringIO()
+    call_command("recount_usage", "--pool", pool.name, stdout=out)
+
+    assert out.getvalue().strip() == f"{pool.name}: 700 bytes (was 5)"
+    assert usage(api, manager, pool)["stored_bytes"] == 700

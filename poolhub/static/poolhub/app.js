@@ -450,6 +450,7 @@
 
   async function logout() {
     const refresh = tokens.refresh;
+    wsClose(); // first: the server closes a logged-out token's socket, which must not look like an expiry
     try {
       await api("/auth/logout", { method: "POST", json: refresh ? { refresh } : {} });
     } catch (e) { /* logged out locally either way */ }
