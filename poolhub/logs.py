@@ -19,7 +19,8 @@ import inspect
 import logging
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from pythonjsonlogger.core import RESERVED_ATTRS
@@ -30,33 +31,65 @@ REQUEST_ID_HEADER = "X-Request-ID"
 # The Celery message header that carries the enqueuing request's id into the task.
 TASK_REQUEST_ID_HEADER = "poolhub_request_id"
 
-_context: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar("poolhub_log_context",
-                                                                               default=None)
+
+@dataclass
+class LogContext:
+    """The ids of one request or task. `ambiguous`: ids seen with two values (a batch's uploads),
+    left out. `uploads`: in a task given a list of upload ids, the uploads its request id belongs
+    to (a store task may also store other requests' uploads)."""
+
+    ids: dict[str, str] = field(default_factory=dict)
+    ambiguous: set[str] = field(default_factory=set)
+    uploads: frozenset[str] | None = None
+
+
+_context: contextvars.ContextVar[LogContext | None] = contextvars.ContextVar("poolhub_log_context", default=None)
 # A client's X-Request-ID is kept only if it looks like an id (no spaces, quotes or control characters).
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
+Token = contextvars.Token[LogContext | None]
 
 
-def log_context_new(**ids: object) -> contextvars.Token[dict[str, str] | None]:
-    """Start a fresh context (a request, a task); `_context.reset(token)` ends it."""
-    return _context.set({key: str(value) for key, value in ids.items() if value is not None})
+def log_context_new(*, uploads: Iterable[object] | None = None, **ids: object) -> Token:
+    """Start a fresh context (a request, a task); `log_context_end(token)` ends it."""
+    return _context.set(LogContext(ids={key: str(value) for key, value in ids.items() if value is not None},
+                                   uploads=frozenset(str(u) for u in uploads) if uploads is not None else None))
 
 
-def log_context_end(token: contextvars.Token[dict[str, str] | None]) -> None:
+def log_context_end(token: Token) -> None:
     _context.reset(token)
 
 
 def log_context_bind(**ids: object) -> None:
-    """Add ids to the current context; an id already known is kept (the first upload of a batch)."""
+    """Add ids to the current context. An id bound again with another value (the second upload of
+    a batch) is no longer known: it is left out rather than naming only one of them."""
     current = _context.get()
     if current is None:
         return
     for key, value in ids.items():
-        if value is not None and key not in current:
-            current[key] = str(value)
+        if value is None or key in current.ambiguous:
+            continue
+        known = current.ids.get(key)
+        if known is None:
+            current.ids[key] = str(value)
+        elif known != str(value):
+            del current.ids[key]
+            current.ambiguous.add(key)
 
 
 def log_context() -> dict[str, str]:
-    return dict(_context.get() or {})
+    current = _context.get()
+    return dict(current.ids) if current is not None else {}
+
+
+def log_request_id_for(*, upload_id: object) -> str | None:
+    """The request id that goes with this upload here: the context's, unless this is a task whose
+    request enqueued other uploads than this one."""
+    current = _context.get()
+    if current is None:
+        return None
+    if current.uploads is not None and str(upload_id) not in current.uploads:
+        return None
+    return current.ids.get("request_id")
 
 
 def request_id_from(header: bytes | str | None) -> str:
@@ -88,7 +121,7 @@ class ContextFilter(logging.Filter):
     """Puts the context's ids on each record and masks credentials in its message."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        for key, value in (_context.get() or {}).items():
+        for key, value in log_context().items():
             if not hasattr(record, key):
                 setattr(record, key, value)
         if record.name == "uvicorn.access" and isinstance(record.args, tuple) and len(record.args) == 5:
@@ -114,6 +147,12 @@ class PoolhubJsonFormatter(JsonFormatter):
             reserved_attrs=[*RESERVED_ATTRS, "color_message", "request", "data", "taskName", "server_time"],
             **kwargs,
         )
+
+    def process_log_record(self, log_data: Any) -> Any:
+        for key in CONTEXT_IDS:  # an id set to None on purpose: not known for this line
+            if key in log_data and log_data[key] is None:
+                del log_data[key]
+        return log_data
 
     def format(self, record: logging.LogRecord) -> str:
         return redact(super().format(record))
@@ -169,28 +208,35 @@ def logging_apply(loglevel: int | str | None = None, **kwargs: Any) -> None:
 
 def celery_before_publish(headers: dict[str, Any] | None = None, **kwargs: Any) -> None:
     """Carry the enqueuing request's id into the task's message headers."""
-    request_id = (_context.get() or {}).get("request_id")
+    request_id = log_context().get("request_id")
     if headers is not None and request_id and TASK_REQUEST_ID_HEADER not in headers:
         headers[TASK_REQUEST_ID_HEADER] = request_id
 
 
-_TASK_TOKENS: dict[str, contextvars.Token[dict[str, str] | None]] = {}
+_TASK_TOKENS: dict[str, Token] = {}
 
 
 def _task_ids(task: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict[str, Any]:
-    """The `upload_id`, `group_id`, `pool_id`... a task was called with (tasks take ids, DESIGN.md)."""
+    """The `upload_id`, `group_id`, `pool_id`... a task was called with (tasks take ids, DESIGN.md),
+    and `upload_ids` when it takes a list of uploads."""
     try:
         bound = inspect.signature(task.run).bind_partial(*args, **kwargs).arguments
     except (TypeError, ValueError):
         return {}
-    return {key: value for key, value in bound.items() if key in CONTEXT_IDS}
+    ids = {key: value for key, value in bound.items() if key in CONTEXT_IDS}
+    many = bound.get("upload_ids")
+    if isinstance(many, list | tuple):
+        ids["uploads"] = many
+        if len(many) == 1:
+            ids.setdefault("upload_id", many[0])
+    return ids
 
 
 def celery_task_prerun(task_id: str | None = None, task: Any = None, args: tuple[Any, ...] = (),
                        kwargs: Mapping[str, Any] | None = None, **extra: Any) -> None:
     # From the message header; a task run inline (eager) inherits the caller's.
     request_id = (getattr(getattr(task, "request", None), TASK_REQUEST_ID_HEADER, None)
-                  or (_context.get() or {}).get("request_id"))
+                  or log_context().get("request_id"))
     ids = _task_ids(task, tuple(args or ()), kwargs or {}) if task is not None else {}
     token = log_context_new(task_id=task_id, request_id=request_id, **ids)
     if task_id:

@@ -21,6 +21,7 @@ import hmac
 import ipaddress
 import logging
 import os
+import re
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -79,41 +80,53 @@ _EVENT_COUNTERS: dict[str, Counter] = {
     "result.available": RESULTS,
 }
 # Task names are explicit and few (DESIGN.md); anything else is counted as "other".
-_TASK_PREFIXES = ("uploads.", "batching.", "notifications.", "accounts.", "poolhub.")
+_TASK_NAME = re.compile(r"^(uploads|batching|notifications|accounts|poolhub)[._][a-z0-9_.]+$")
 
 
 # --- counting where things happen -------------------------------------------------------------
 
 def event_observe(*, event: Event) -> None:
-    """Count one committed event (and time an upload's way to the store). Never raises."""
+    """Count one committed event (and time an upload's way to the store), and log it. Never raises."""
     try:
         EVENTS.labels(type=event.type).inc()
         counter = _EVENT_COUNTERS.get(event.type)
         if counter is not None:
             counter.inc()
+        group = (event.data or {}).get("group")
         if event.type == "upload.stored":
-            accepted = _accepted_at(event)
+            accepted, group = _upload_row(event)
             if accepted is not None:
                 STORE_SECONDS.observe(max(0.0, (event.at - accepted).total_seconds()))
-        _bind_event_ids(event)
+        _log_event(event, group=group)
     except Exception:  # metrics must never break the work they count
         logger.warning("could not count event %s", getattr(event, "type", "?"), exc_info=True)
 
 
-def _accepted_at(event: Event) -> Any:
+def _upload_row(event: Event) -> tuple[Any, Any]:
+    """When the upload was accepted, and its group (the `upload.stored` event carries neither)."""
     from uploads.models import Upload
 
-    return Upload.objects.filter(id=event.stream_id).values_list("created_at", flat=True).first()
+    row = Upload.objects.filter(id=event.stream_id).values_list("created_at", "group_id").first()
+    return row if row is not None else (None, None)
 
 
-def _bind_event_ids(event: Event) -> None:
-    from poolhub.logs import log_context_bind
+_events_logger = logging.getLogger("poolhub.events")
 
-    stream_key = {"upload": "upload_id", "group": "group_id"}.get(event.stream_type)
-    ids: dict[str, object] = {"pool_id": event.pool_id}
-    if stream_key:
-        ids[stream_key] = event.stream_id
-    log_context_bind(**ids)
+
+def _log_event(event: Event, *, group: object) -> None:
+    """One log line per committed event, with its ids: searching by upload (or group) id shows its
+    whole life, across web and worker. The request id is the one that caused it, where known."""
+    from poolhub.logs import log_context_bind, log_request_id_for
+
+    ids: dict[str, object] = {"pool_id": event.pool_id, "user_id": event.user_id, "seq": event.seq}
+    if event.stream_type == "upload":
+        ids["upload_id"] = event.stream_id
+        ids["request_id"] = log_request_id_for(upload_id=event.stream_id)
+    elif event.stream_type == "group":
+        ids["group_id"] = event.stream_id
+    ids["group_id"] = ids.get("group_id") or group
+    _events_logger.info("%s", event.type, extra={key: str(v) if v is not None else None for key, v in ids.items()})
+    log_context_bind(pool_id=event.pool_id, **{key: ids[key] for key in ("upload_id", "group_id") if key in ids})
 
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -138,7 +151,7 @@ def observe_publish(publish: F) -> F:
 
 def _task_label(task: Any) -> str:
     name = str(getattr(task, "name", "") or "")
-    return name if name.startswith(_TASK_PREFIXES) else "other"
+    return name if _TASK_NAME.match(name) else "other"
 
 
 _TASK_STARTS: dict[str, float] = {}
@@ -183,8 +196,15 @@ class MetricsMiddleware(MiddlewareMixin):
     and puts the ids in the URL (`pool_id`, `upload_id`, `group_id`) into the log context.
     MiddlewareMixin makes it sync and async capable: no thread hop of its own under ASGI."""
 
-    def process_request(self, request: HttpRequest) -> None:
+    def process_request(self, request: HttpRequest) -> HttpResponse | None:
         request._poolhub_started = time.perf_counter()  # type: ignore[attr-defined]
+        direct = _machine_paths().get(request.path_info)
+        if direct is not None:
+            # Kubelet probes and Prometheus come by pod address (`Host: 10.1.2.3:8000`), which no
+            # ALLOWED_HOSTS lists: answered here, before CommonMiddleware's host check. None of
+            # these views builds a URL from the host.
+            return direct(request)
+        return None
 
     def process_view(self, request: HttpRequest, view_func: Any, view_args: Any, view_kwargs: dict[str, Any]) -> None:
         from poolhub.logs import log_context_bind
@@ -196,7 +216,10 @@ class MetricsMiddleware(MiddlewareMixin):
         from poolhub.logs import log_context_bind
 
         match = getattr(request, "resolver_match", None)
-        view = (match.route or match.view_name) if match is not None else "unmatched"
+        if match is not None:
+            view = match.route or match.view_name
+        else:
+            view = request.path_info.strip("/") if request.path_info in _machine_paths() else "unmatched"
         method = request.method if request.method in _METHODS else "other"
         HTTP_REQUESTS.labels(view=view, method=method, status=str(response.status_code)).inc()
         started = getattr(request, "_poolhub_started", None)
@@ -209,6 +232,13 @@ class MetricsMiddleware(MiddlewareMixin):
 
 
 _METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
+
+
+@functools.cache
+def _machine_paths() -> dict[str, Callable[[HttpRequest], HttpResponse]]:
+    from poolhub import health
+
+    return {"/healthz": health.healthz, "/readyz": health.readyz, "/metrics": metrics_view}
 
 
 # --- read when scraped -------------------------------------------------------------------------
@@ -304,7 +334,7 @@ def metrics_text() -> bytes:
 # --- GET /metrics --------------------------------------------------------------------------------
 
 def _access_allowed(*, address: str, headers: Any, token: str | None, networks: list[str]) -> bool:
-    """API.md "Operations": an address in METRICS_ALLOWED_CIDRS, or `Authorization: Bearer METRICS_TOKEN`.
+    """docs/api.md "Operations": an address in METRICS_ALLOWED_CIDRS, or `Authorization: Bearer METRICS_TOKEN`.
 
     A request that came through a proxy (it carries X-Forwarded-For or Forwarded) never passes on
     its address: the proxy's own address may well be inside the allowed networks.

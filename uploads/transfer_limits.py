@@ -4,7 +4,7 @@ Without them one contributor could open 32 transfers of 64 MiB and hold the whol
 (2 GiB) for an hour, and every other upload would get 503. Each transfer reserves its declared
 size when it starts and releases it when it completes, is aborted (`abort-transfer`) or expires;
 past `POOLHUB_WS_MAX_OPEN_TRANSFERS` transfers or `POOLHUB_USER_STAGING_BYTES` reserved bytes,
-that user's next `start-transfer` gets 503 `staging_full` with `Retry-After` (API.md "Limits and
+that user's next `start-transfer` gets 503 `staging_full` with `Retry-After` (docs/api.md "Limits and
 abuse"), while other users are not affected. The check and the reservation are one Lua script, so
 concurrent starts cannot overshoot together.
 """

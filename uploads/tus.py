@@ -233,8 +233,11 @@ def _read(tus_id: str) -> TusUpload:
     if not state:
         raise _not_found()
     length = int(state["length"])
-    deadline = client.zscore(DEADLINES, tus_id)
-    offset = length if state.get("upload") else staging_size(key=tus_id)
+    deadline: float | None
+    if state.get("upload"):  # complete: its record (what HEAD answers from) lives until its TTL
+        offset, deadline = length, time.time() + max(0, int(client.ttl(_state_key(tus_id))))
+    else:
+        offset, deadline = staging_size(key=tus_id), client.zscore(DEADLINES, tus_id)
     return TusUpload(id=tus_id, user_id=state["user"], pool_id=state["pool"], length=length, offset=offset,
                      filename=state["filename"], timestamp=state["timestamp"], sha256=state["sha256"],
                      metadata=state["metadata"], expires_at=float(deadline or 0),
@@ -385,7 +388,7 @@ def _complete(*, user: User, upload: TusUpload) -> TusUpload:
     client.zrem(DEADLINES, upload.id)  # the staged bytes belong to the upload now: never swept
     client.hdel(_user_key(user.pk), upload.id)
     client.expire(_state_key(upload.id), expiry_seconds())  # HEAD still answers for a while
-    return replace(upload, upload_id=str(accepted.pk))
+    return replace(upload, upload_id=str(accepted.pk), expires_at=time.time() + expiry_seconds())
 
 
 # --- terminate and expire -----------------------------------------------------------------------

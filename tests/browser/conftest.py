@@ -67,6 +67,7 @@ class Watched:
     name: str
     errors: list[str] = field(default_factory=list)
     expected: list[int] = field(default_factory=list)
+    urls: list[str] = field(default_factory=list)  # every URL the page requested or opened a socket to
 
     def expect_refusal(self, status: int) -> None:
         """The next step is refused by the API on purpose: the browser logs that response as a
@@ -108,6 +109,8 @@ class Browser:
         watched = Watched(page=page, name=name)
         page.on("console", lambda msg: watched.errors.append(msg.text) if msg.type == "error" else None)
         page.on("pageerror", lambda exc: watched.errors.append(f"uncaught: {exc}"))
+        page.on("request", lambda request: watched.urls.append(request.url))
+        page.on("websocket", lambda ws: watched.urls.append(ws.url))
         page.goto(self.url + "/")
         self.pages.append(watched)
         return watched

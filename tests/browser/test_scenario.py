@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from accounts.models import Membership, Pool, Role, User
@@ -139,7 +140,7 @@ def test_every_role_does_its_job_from_the_page(browser: Browser, tmp_path: Path,
         row.get_by_role("button", name="Download station-c.bin").click()
     assert Path(download.value.path()).read_bytes() == sent[2].read_bytes()
     history = dana.page.locator("#panel-history")
-    assert history.locator("[data-page]").inner_text() == "1–3 of 3"
+    assert history.locator("[data-page]").inner_text() == "1\u20133 of 3"  # an en dash
     history.locator("select[name=status]").select_option("failed")
     history.get_by_role("button", name="Filter").click()
     history.get_by_text("no uploads").wait_for()
@@ -226,7 +227,7 @@ def test_every_role_does_its_job_from_the_page(browser: Browser, tmp_path: Path,
     files_view.locator("input[name=user]").fill("dana")
     files_view.get_by_role("button", name="Filter").click()
     files_view.locator("tr", has_text="station-a.csv").wait_for()
-    assert files_view.locator("[data-page]").inner_text() == "1–3 of 3"
+    assert files_view.locator("[data-page]").inner_text() == "1\u20133 of 3"  # an en dash
     assert admin.page.locator("#admin-link").get_attribute("href") == "/admin/"
     admin.shot("06-admin-files")
 
@@ -235,6 +236,17 @@ def test_every_role_does_its_job_from_the_page(browser: Browser, tmp_path: Path,
     log_in(phone, "manager")
     phone.page.locator("#result-sha256").filter(has_text=digest).wait_for()
     phone.shot("07-phone")
+
+    # Logging out revokes the tokens; they were never in a URL nor in localStorage.
+    access = dana.page.evaluate("sessionStorage.getItem('poolhub.access')")
+    assert access and dana.page.evaluate("localStorage.length") == 0
+    dana.page.locator("#logout").click()
+    dana.page.locator("#login-form").wait_for()
+    assert dana.page.evaluate("sessionStorage.getItem('poolhub.access')") is None
+    revoked = httpx.get(f"{browser.url}/api/v1/auth/validate", headers={"Authorization": f"Bearer {access}"})
+    assert revoked.status_code == 401
+    urls = [url for watched in browser.pages for url in watched.urls]
+    assert any("/ws/" in url for url in urls) and not any("eyJ" in url for url in urls)
 
     if os.environ.get("POOLHUB_UPDATE_SCREENSHOT") == "1":
         README_SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)

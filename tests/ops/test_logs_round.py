@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
+from websockets.sync.client import connect
 
 from accounts.models import Membership, Pool, Role, User
 from tests import live
@@ -123,6 +124,12 @@ def test_a_round_logs_json_lines_with_ids_and_no_secrets(stack: Stack) -> None:
         latest = http.get(f"/api/v1/pools/{pool.id}/results/latest",
                           headers={"Authorization": f"Bearer {station['access']}"})
         assert latest.status_code == 200
+        with connect(url.replace("http://", "ws://") + "/ws/", open_timeout=30) as socket:
+            socket.send(json.dumps({"type": "connect", "access_token": station["access"]}))
+            assert json.loads(socket.recv(timeout=30))["type"] == "connected"
+            while_open = series(http.get("/metrics").text)
+        live.wait_for(lambda: series(http.get("/metrics").text)["poolhub_websocket_connections"] == 0,
+                      what="the closed socket to be counted out")
         refreshed = http.post("/api/v1/auth/refresh", json={"refresh": station["refresh"]})
         assert refreshed.status_code == 200
         secrets += [refreshed.json()["access"], refreshed.json()["refresh"]]
@@ -137,6 +144,10 @@ def test_a_round_logs_json_lines_with_ids_and_no_secrets(stack: Stack) -> None:
     assert metrics["poolhub_upload_store_seconds_count"] >= 1
     assert metrics['poolhub_celery_tasks_total{outcome="success",task="uploads.store"}'] >= 1
     assert metrics["poolhub_results_total"] >= 1
+    assert metrics["poolhub_broadcast_seconds_count"] >= 1
+    upload_view = 'poolhub_http_requests_total{method="POST",status="202",view="api/v1/pools/<uuid:pool_id>/uploads"}'
+    assert metrics[upload_view] == 1
+    assert while_open["poolhub_websocket_connections"] == 1
 
     live_web, live_worker = _records(web_log), _records(worker_log)
     text = web_log.read_text() + worker_log.read_text()
@@ -155,9 +166,14 @@ def test_a_round_logs_json_lines_with_ids_and_no_secrets(stack: Stack) -> None:
     group_lines = [r for r in live_web if r["logger"] == "uvicorn.access" and "/close" in r["message"]]
     assert group_lines and group_lines[0]["group_id"] == group
 
-    store = [r for r in live_worker if r.get("upload_id") == upload["id"] and "succeeded" in r["message"]]
-    assert len(store) == 1, [r for r in live_worker if r.get("upload_id") == upload["id"]]
+    # The worker's line for the event that stored it carries the request id of the upload's POST.
+    store = [r for r in live_worker if r["logger"] == "poolhub.events" and r["message"] == "upload.stored"]
+    assert [r["upload_id"] for r in store] == [upload["id"]]
     assert store[0]["request_id"] == request_id
-    assert store[0]["task_id"]
-    assert store[0]["logger"] == "celery.app.trace"
+    assert store[0]["task_id"] and store[0]["pool_id"] == str(pool.id) and store[0]["group_id"] == group
+    accepted = [r for r in live_web if r["logger"] == "poolhub.events" and r["message"] == "upload.cached"]
+    assert [(r["upload_id"], r["request_id"], r["user_id"]) for r in accepted] == [
+        (upload["id"], request_id, str(users["station-1"].id))]
+    task_lines = [r for r in live_worker if r.get("task_id") == store[0]["task_id"]]
+    assert all(r.get("request_id") == request_id for r in task_lines), task_lines
     assert any("Warm shutdown" in r["message"] for r in live_worker)  # printed by a signal handler, as JSON
