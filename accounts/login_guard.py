@@ -1,4 +1,4 @@
-"""Login limits that count failures, per account and per client address (API.md "Limits and abuse").
+"""Login limits that count failures, per account and per client address (docs/api.md "Limits and abuse").
 
 A plain per-address rate either lets thousands of devices behind one NAT log in (and hands an
 attacker with many addresses the same rate against any account) or refuses them. What

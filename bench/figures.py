@@ -232,21 +232,6 @@ def fig_broadcast(bench: Bench, entry: dict[str, Any]) -> None:
 
 
 # --- figure 8: one and two web processes --------------------------------------------------------------
-def measure_ingest(bench: Bench, *, count: int) -> dict[str, float]:
-    """200 KiB files from 16 kept-alive clients: files/s and web CPU per file (every web process)."""
-    cpu = bench.cpu("web")
-    result = bench.call("ingest", target="poolhub", size=200 * KIB, count=count, concurrency=16,
-                        tokens=bench.tokens["ingest"][:16], pool=bench.pools["ingest"], timestamp=bench.recent(),
-                        max_seconds=bench.plan.ingest_max_seconds * 4)
-    if result["errors"]:
-        raise RuntimeError(f"poolhub refused an upload: {result['errors'][0]}")
-    files = max(1, result["files"])
-    measured = {"files_s": result["files"] / result["elapsed"], "cpu_ms": 1000 * (bench.cpu("web") - cpu) / files}
-    bench.drain()
-    bench.prune()
-    return measured
-
-
 def fig_web_processes(bench: Bench, entry: dict[str, Any]) -> None:
     from django.db import connection
 
@@ -254,11 +239,11 @@ def fig_web_processes(bench: Bench, entry: dict[str, Any]) -> None:
         bench.stack.restart_web(bench.plan.socket_web_processes)
         raise NotMeasured("not measured: needs PostgreSQL (run `make bench` with DATABASE_URL=postgres://...)")
     bench.endpoints("POST pools/{id}/uploads")
-    runs: dict[int, list[dict[str, float]]] = {1: [], 2: []}
+    runs: dict[int, list[dict[str, Any]]] = {1: [], 2: []}
     for processes in (1, 2):
         bench.stack.restart_web(processes)
         for _ in range(bench.plan.runs):
-            runs[processes].append(measure_ingest(bench, count=bench.plan.web_compare_files))
+            runs[processes].append(bench.measure_ingest("poolhub", 200 * KIB, 16, bench.plan.web_compare_files))
     entry["rows"] += [
         report.row("200 KiB files, 16 clients, 2 web processes, files/s", "files/s",
                    [r["files_s"] for r in runs[2]], baseline_name="1 web process",
@@ -298,18 +283,11 @@ def fig_stores(bench: Bench, entry: dict[str, Any]) -> None:
     _, bucket, chunk_size = bench.filestore()
     threads = int(bench.stack.env.get("CELERY_CONCURRENCY", "2"))
     for _ in range(bench.plan.runs):
-        worker_cpu = bench.cpu("worker")
-        result = bench.call("ingest", target="poolhub", size=200 * KIB, count=count, concurrency=16,
-                            tokens=bench.tokens["ingest"][:16], pool=bench.pools["ingest"], timestamp=bench.recent(),
-                            max_seconds=bench.plan.ingest_max_seconds * 4)
-        if result["errors"]:
-            raise RuntimeError(f"poolhub refused an upload: {result['errors'][0]}")
-        bench.drain()
+        result = bench.measure_ingest("poolhub", 200 * KIB, 16, count)  # drained and pruned when it returns
         stored, seconds = stored_span(result["ids"])
         if seconds > 0:
             rates.append((stored - 1) / seconds)
-        cpu_ms.append(1000 * (bench.cpu("worker") - worker_cpu) / max(1, stored))
-        bench.prune()
+        cpu_ms.append(result["worker_ms"])
         puts = bench.call("gridfs_put", mongo_url=bench.mongo_url(), db=bench.mongo_db(), count=count,
                           size=200 * KIB, bucket=bucket, chunk_size=chunk_size, threads=threads)
         raw.append(count / puts["elapsed"])

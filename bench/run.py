@@ -68,7 +68,7 @@ FULL = Plan(runs=3, ingest_runs=3,
             ingest=[(10 * MB, 1, 4), (10 * MB, 16, 16), (200 * KIB, 1, 40), (200 * KIB, 16, 160)],
             ingest_max_seconds=45, steady_seconds=20, ws_size=10 * MB, subscribers=10_000, broadcast_runs=5,
             export_files=500, export_file_size=200 * KIB, memory_file=50 * MB, round_clients=1000,
-            gridfs_put_max=100, storm_sockets=10_000, web_compare_files=320, sustained_files=400)
+            gridfs_put_max=100, storm_sockets=10_000, web_compare_files=240, sustained_files=300)
 QUICK = Plan(runs=2, ingest_runs=1, ingest=[(10 * MB, 1, 1), (10 * MB, 16, 16), (200 * KIB, 1, 10),
                                             (200 * KIB, 16, 32)],
              ingest_max_seconds=15, steady_seconds=5, ws_size=10 * MB, subscribers=300, broadcast_runs=2,
@@ -310,8 +310,9 @@ class Bench:
     def ingest_targets(self) -> list[str]:
         return ["poolhub", "bare", *(["tus-node"] if "tus-node" in self.stack.children else [])]
 
-    def measure_ingest(self, target: str, size: int, concurrency: int, count: int) -> dict[str, float]:
-        """One run against one server: MB/s, files/s, server CPU per file (and the worker's, for poolhub)."""
+    def measure_ingest(self, target: str, size: int, concurrency: int, count: int) -> dict[str, Any]:
+        """One run against one server: MB/s, files/s, server CPU per file (for poolhub also the
+        worker's, once it has stored the run, and the uploads' ids)."""
         process = {"poolhub": "web"}.get(target, target)
         cpu, worker = self.cpu(process), self.cpu("worker")
         result = self.call("ingest", target=target, size=size, count=count, concurrency=concurrency,
@@ -321,7 +322,7 @@ class Bench:
             raise FigureError(f"{target} refused an upload: {result['errors'][0]}")
         files = max(1, result["files"])
         measured = {"mb_s": result["bytes"] / MB / result["elapsed"], "files_s": result["files"] / result["elapsed"],
-                    "cpu_ms": 1000 * (self.cpu(process) - cpu) / files}
+                    "cpu_ms": 1000 * (self.cpu(process) - cpu) / files, "ids": result["ids"]}
         if target == "poolhub":
             measured["drain_s"] = self.drain()
             measured["worker_ms"] = 1000 * (self.cpu("worker") - worker) / files
@@ -331,7 +332,7 @@ class Bench:
         return measured
 
     def summarise_ingest(self, label: str, size: int, concurrency: int,
-                         runs: dict[str, list[dict[str, float]]]) -> list[dict[str, Any]]:
+                         runs: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
         def of(target: str, key: str) -> list[float]:
             return [r[key] for r in runs.get(target, [])]
 
@@ -363,7 +364,7 @@ class Bench:
         plan = self.plan
         for size, concurrency, count in plan.ingest:
             label = f"{size_label(size)} files, {concurrency} client{'s' if concurrency > 1 else ''}"
-            runs: dict[str, list[dict[str, float]]] = {}
+            runs: dict[str, list[dict[str, Any]]] = {}
             for _ in range(plan.ingest_runs):
                 for target in self.ingest_targets():
                     runs.setdefault(target, []).append(self.measure_ingest(target, size, concurrency, count))

@@ -196,8 +196,15 @@ class MetricsMiddleware(MiddlewareMixin):
     and puts the ids in the URL (`pool_id`, `upload_id`, `group_id`) into the log context.
     MiddlewareMixin makes it sync and async capable: no thread hop of its own under ASGI."""
 
-    def process_request(self, request: HttpRequest) -> None:
+    def process_request(self, request: HttpRequest) -> HttpResponse | None:
         request._poolhub_started = time.perf_counter()  # type: ignore[attr-defined]
+        direct = _machine_paths().get(request.path_info)
+        if direct is not None:
+            # Kubelet probes and Prometheus come by pod address (`Host: 10.1.2.3:8000`), which no
+            # ALLOWED_HOSTS lists: answered here, before CommonMiddleware's host check. None of
+            # these views builds a URL from the host.
+            return direct(request)
+        return None
 
     def process_view(self, request: HttpRequest, view_func: Any, view_args: Any, view_kwargs: dict[str, Any]) -> None:
         from poolhub.logs import log_context_bind
@@ -209,7 +216,10 @@ class MetricsMiddleware(MiddlewareMixin):
         from poolhub.logs import log_context_bind
 
         match = getattr(request, "resolver_match", None)
-        view = (match.route or match.view_name) if match is not None else "unmatched"
+        if match is not None:
+            view = match.route or match.view_name
+        else:
+            view = request.path_info.strip("/") if request.path_info in _machine_paths() else "unmatched"
         method = request.method if request.method in _METHODS else "other"
         HTTP_REQUESTS.labels(view=view, method=method, status=str(response.status_code)).inc()
         started = getattr(request, "_poolhub_started", None)
@@ -222,6 +232,13 @@ class MetricsMiddleware(MiddlewareMixin):
 
 
 _METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
+
+
+@functools.cache
+def _machine_paths() -> dict[str, Callable[[HttpRequest], HttpResponse]]:
+    from poolhub import health
+
+    return {"/healthz": health.healthz, "/readyz": health.readyz, "/metrics": metrics_view}
 
 
 # --- read when scraped -------------------------------------------------------------------------
@@ -317,7 +334,7 @@ def metrics_text() -> bytes:
 # --- GET /metrics --------------------------------------------------------------------------------
 
 def _access_allowed(*, address: str, headers: Any, token: str | None, networks: list[str]) -> bool:
-    """API.md "Operations": an address in METRICS_ALLOWED_CIDRS, or `Authorization: Bearer METRICS_TOKEN`.
+    """docs/api.md "Operations": an address in METRICS_ALLOWED_CIDRS, or `Authorization: Bearer METRICS_TOKEN`.
 
     A request that came through a proxy (it carries X-Forwarded-For or Forwarded) never passes on
     its address: the proxy's own address may well be inside the allowed networks.

@@ -1,4 +1,4 @@
-"""Which websocket handshakes are let in, by their Origin header (API.md "Websocket").
+"""Which websocket handshakes are let in, by their Origin header (docs/api.md "Websocket").
 
 A browser always sends Origin; a page on another site must not open a socket with the visitor's
 ambient credentials (cross-site websocket hijacking), so a present Origin must be one of ours

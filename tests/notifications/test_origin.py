@@ -1,4 +1,4 @@
-"""API.md "Websocket": a handshake with no Origin (devices, SDKs: authentication is by token) is
+"""docs/api.md "Websocket": a handshake with no Origin (devices, SDKs: authentication is by token) is
 accepted; a present Origin must be the server's own or allowed, else the handshake is refused."""
 
 from __future__ import annotations

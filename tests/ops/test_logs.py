@@ -80,3 +80,46 @@ def test_uvicorn_access_lines_carry_method_path_and_status() -> None:
 
     assert (line["method"], line["path"], line["status"]) == ("GET", "/readyz", 200)
     assert line["message"] == '10.0.0.1:5000 - "GET /readyz HTTP/1.1" 200'
+
+
+class _Request:
+    poolhub_request_id = "req-from-header"
+
+
+class _BatchTask:
+    """A task that stores a list of uploads, as the store kick does."""
+
+    name = "uploads.store_batch"
+    request = _Request()
+
+    def run(self, upload_ids: list[str]) -> int:
+        return len(upload_ids)
+
+
+class _OneTask(_BatchTask):
+    def run(self, upload_id: str) -> int:  # type: ignore[override]
+        return 1
+
+
+def test_a_task_carries_the_request_id_of_its_message_and_the_ids_it_was_given() -> None:
+    from poolhub.logs import celery_task_postrun, celery_task_prerun, log_context, log_request_id_for
+
+    celery_task_prerun(task_id="t-1", task=_OneTask(), args=("u-1",), kwargs={})
+    try:
+        assert log_context() == {"task_id": "t-1", "request_id": "req-from-header", "upload_id": "u-1"}
+        assert log_request_id_for(upload_id="u-1") == "req-from-header"
+    finally:
+        celery_task_postrun(task_id="t-1")
+    assert log_context() == {}
+
+
+def test_a_batch_task_lends_its_request_id_only_to_the_uploads_it_was_sent_for() -> None:
+    from poolhub.logs import celery_task_postrun, celery_task_prerun, log_context, log_request_id_for
+
+    celery_task_prerun(task_id="t-2", task=_BatchTask(), args=(["u-1", "u-2"],), kwargs={})
+    try:
+        assert "upload_id" not in log_context()  # two uploads: neither is "the" upload of its lines
+        assert log_request_id_for(upload_id="u-2") == "req-from-header"
+        assert log_request_id_for(upload_id="u-9") is None  # stored in the same batch, sent by another request
+    finally:
+        celery_task_postrun(task_id="t-2")

@@ -82,7 +82,7 @@ def _int_header(request: Request, name: str) -> int | None:
 
 def _upload_headers(response: HttpResponseBase, upload: tus.TusUpload) -> HttpResponseBase:
     response["Upload-Offset"] = str(upload.offset)
-    if upload.expires_at and not upload.complete:
+    if upload.expires_at:  # complete: when HEAD stops answering for it
         response["Upload-Expires"] = http_date(upload.expires_at)
     if upload.complete:
         response["Poolhub-Upload-Id"] = upload.upload_id
