@@ -2,7 +2,8 @@
 (quota and the per-contributor cap), and content leaving the file store (retention, failed
 uploads released or discarded).
 
-Lock order: every transaction here changes the `PoolUsage` row last, after its event is
+Lock order: acceptance holds the contributor's membership row (for the cap per window) before
+its event and the counter; every transaction here changes the `PoolUsage` row last, after its event is
 appended, as acceptance and result posting do (their event log and group locks come first), so
 no two transactions ever wait on each other in opposite orders.
 
@@ -27,7 +28,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Exists, F, OuterRef, QuerySet, Sum
 from django.utils import timezone
 
-from accounts.models import Pool, User
+from accounts.models import Membership, Pool, User
 from batching.models import Group, GroupStatus, Result
 from lifecycle.models import PoolUsage, Purge, PurgeReason
 from lifecycle.selectors import cap_reached, pool_used_bytes, quota_exceeded
@@ -104,13 +105,28 @@ def pool_bytes_add(*, pool_id: UUID, size: int) -> None:
     _usage_change(pool_id=pool_id, delta=size)
 
 
+def _contributor_lock(*, pool: Pool, uploader: User) -> None:
+    """Hold the uploader's membership row of this pool (the user's row for an admin without one)
+    until the transaction ends, so that counting their uploads and adding one is a single step:
+    a concurrent upload by the same contributor to this pool waits here, then counts the first
+    one (on PostgreSQL each statement sees what committed before it). FOR NO KEY UPDATE: rows
+    that merely reference it (key-share locks) are not held up. SQLite: its IMMEDIATE
+    transactions already run one writer at a time."""
+    memberships = Membership.objects.select_for_update(no_key=True).filter(pool=pool, user=uploader)
+    if not list(memberships.values_list("id", flat=True)):
+        list(User.objects.select_for_update(no_key=True).filter(pk=uploader.pk).values_list("pk", flat=True))
+
+
 def upload_admit(*, pool: Pool, uploader: User, group: Group, size: int) -> None:
     """Acceptance calls this inside its transaction for each new upload, after choosing its group:
-    the pool's cap on one contributor's uploads per window (409 `upload_cap_reached`), then its
-    quota (413 `quota_exceeded`). A batch is one transaction, so one refusal refuses it whole."""
+    the pool's cap on one contributor's uploads per window (409 `upload_cap_reached`; race-free
+    under the contributor's lock), then its quota (413 `quota_exceeded`). A batch is one
+    transaction, so one refusal refuses it whole."""
     cap = pool.max_uploads_per_contributor
-    if cap is not None and Upload.objects.filter(group=group, uploader=uploader).count() >= cap:
-        raise cap_reached(cap=cap, group=group)
+    if cap is not None:
+        _contributor_lock(pool=pool, uploader=uploader)
+        if Upload.objects.filter(group=group, uploader=uploader).count() >= cap:
+            raise cap_reached(cap=cap, group=group)
     pool_bytes_reserve(pool=pool, size=size)
 
 
