@@ -8,7 +8,7 @@ byte arrives. The views (uploads/api/tus.py) speak the protocol; this module hol
   chunked and counted in the staging budget; the tus id is also the staging key, and the server's
   offset is what staging holds (`staging_size`), so an acknowledged byte is a staged byte.
 - **Checks.** What can be checked before any byte (role, declared length against the pool's limit,
-  timestamp, sha256 syntax, the user's cap) is checked at creation; the request that completes the
+  timestamp, sha256 syntax, the user's cap, the pool's quota) is checked at creation; the request that completes the
   upload runs every check of a REST upload (role again, size, type from the content, declared
   sha256, then `upload_accept`: timestamp age and the pool's late policy) and answers with the
   REST status and code. A refusal below 500 drops the tus upload and its bytes; a 5xx keeps them,
@@ -48,6 +48,7 @@ from django.conf import settings
 
 from accounts.models import WRITER_ROLES, Pool, User
 from accounts.selectors import pool_access
+from lifecycle.selectors import upload_admission_check
 from poolhub.errors import ApiError, BadRequest, Conflict, NotFound, Unavailable
 from poolhub.redis import redis_client
 from uploads.checks import (
@@ -174,6 +175,7 @@ def tus_create(*, user: User, pool_id: Any, length: int, metadata_header: str | 
         raise BadRequest("Upload-Metadata: filename is required", details={"field": "filename"})
     timestamp = timestamp_parse(metadata.get("timestamp"))
     sha256 = sha256_parse(metadata.get("sha256")) or ""
+    upload_admission_check(pool=pool, uploader=user, timestamp=timestamp, size=length)  # cap and quota, 409/413
     tus_uploads_expire()
     tus_id = secrets.token_hex(16)
     client = redis_client()
