@@ -30,19 +30,14 @@ from django.utils import timezone
 from accounts.models import Pool, User
 from batching.models import Group, GroupStatus, Result
 from lifecycle.models import PoolUsage, Purge, PurgeReason
-from poolhub.errors import ApiError, Conflict, NotFound
+from lifecycle.selectors import cap_reached, pool_used_bytes, quota_exceeded
+from poolhub.errors import Conflict, NotFound
 from poolhub.filestore import Bucket, file_delete
 from uploads.events import event_append
 from uploads.models import Event, Upload, UploadStatus
 from uploads.staging import staging_drop
 
 logger = logging.getLogger(__name__)
-
-
-class QuotaExceeded(ApiError):
-    status_code = 413
-    default_code = "quota_exceeded"
-    default_detail = "this upload would take the pool past its quota"
 
 
 # --- usage and admission ------------------------------------------------------------------------
@@ -100,9 +95,8 @@ def pool_bytes_reserve(*, pool: Pool, size: int) -> None:
     """Count `size` more bytes for the pool, or 413 `quota_exceeded` if that would pass its quota.
     Call inside the transaction that records what holds them: its rollback gives them back."""
     if not _usage_change(pool_id=pool.id, delta=size, quota=pool.quota_bytes):
-        used = PoolUsage.objects.filter(pool_id=pool.id).values_list("bytes", flat=True).first() or 0
-        raise QuotaExceeded(f"the pool may hold {pool.quota_bytes} bytes and holds {used}; this upload of "
-                            f"{size} bytes does not fit", details={"quota_bytes": pool.quota_bytes, "used_bytes": used})
+        assert pool.quota_bytes is not None  # without one every change fits
+        raise quota_exceeded(quota=pool.quota_bytes, used=pool_used_bytes(pool_id=pool.id), size=size)
 
 
 def pool_bytes_add(*, pool_id: UUID, size: int) -> None:
@@ -116,10 +110,7 @@ def upload_admit(*, pool: Pool, uploader: User, group: Group, size: int) -> None
     quota (413 `quota_exceeded`). A batch is one transaction, so one refusal refuses it whole."""
     cap = pool.max_uploads_per_contributor
     if cap is not None and Upload.objects.filter(group=group, uploader=uploader).count() >= cap:
-        raise Conflict(f"you have sent this window's {cap} upload(s) already", code="upload_cap_reached",
-                       details={"max_uploads_per_contributor": cap, "group": str(group.id),
-                                "window_start": group.window_start.isoformat(),
-                                "window_end": group.window_end.isoformat()})
+        raise cap_reached(cap=cap, group=group)
     pool_bytes_reserve(pool=pool, size=size)
 
 

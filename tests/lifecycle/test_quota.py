@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -12,7 +13,7 @@ from rest_framework.test import APIClient
 from accounts.models import Pool
 from accounts.tokens import token_pair_issue
 from tests.conftest import error_code
-from tests.lifecycle.conftest import upload
+from tests.lifecycle.conftest import NOW, iso, upload
 from tests.uploads.conftest import WHEN, named, payload, staged_keys
 from uploads.models import Upload
 from uploads.staging import staging_used_bytes
@@ -184,3 +185,43 @@ def test_recount_sets_the_counter_from_the_rows(api, pool, contributor, manager)
 
     assert out.getvalue().strip() == f"{pool.name}: 700 bytes (was 5)"
     assert usage(api, manager, pool)["stored_bytes"] == 700
+
+
+@pytest.mark.django_db
+def test_a_tus_upload_past_the_quota_is_refused_at_creation(api, pool, contributor, django_capture_on_commit_callbacks):
+    """From its Upload-Length, before any byte: the REST status and error body, nothing kept."""
+    from tests.uploads.test_tus import create, location
+
+    pool.quota_bytes = 1000
+    pool.save()
+    with django_capture_on_commit_callbacks(execute=True):
+        assert upload(api(contributor), pool, 600, seed=1).status_code == 202
+
+    refused = create(api(contributor), pool, 401)
+
+    assert refused.status_code == 413
+    assert refused.json()["error"]["code"] == "quota_exceeded"
+    assert refused.json()["error"]["details"] == {"quota_bytes": 1000, "used_bytes": 600}
+    assert "Location" not in refused
+    assert staging_used_bytes() == 0
+    assert location(create(api(contributor), pool, 400))  # exactly the free bytes: created
+
+
+@pytest.mark.django_db
+def test_a_tus_upload_past_the_cap_per_contributor_is_refused_at_creation(api, pool, contributor):
+    from tests.uploads.test_tus import create, location, metadata
+
+    pool.max_uploads_per_contributor = 1
+    pool.save()
+    at = NOW - timedelta(minutes=5)
+    first = upload(api(contributor), pool, 500, seed=1, at=at)
+    assert first.status_code == 202
+
+    refused = create(api(contributor), pool, 500, metadata(timestamp=iso(at)))
+
+    assert refused.status_code == 409
+    assert refused.json()["error"]["code"] == "upload_cap_reached"
+    assert refused.json()["error"]["details"]["group"] == first.json()["group"]
+    assert Upload.objects.count() == 1
+    earlier = at - timedelta(seconds=pool.window_seconds)  # another window: room again
+    assert location(create(api(contributor), pool, 500, metadata(timestamp=iso(earlier))))
