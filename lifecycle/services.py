@@ -25,12 +25,12 @@ from uuid import UUID
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Exists, F, OuterRef, QuerySet, Sum
+from django.db.models import Exists, F, Max, OuterRef, QuerySet, Sum
 from django.utils import timezone
 
 from accounts.models import Membership, Pool, User
 from batching.models import Group, GroupStatus, Result
-from lifecycle.models import PoolUsage, Purge, PurgeReason
+from lifecycle.models import PoolUsage, Purge, PurgeReason, RetentionMark
 from lifecycle.selectors import cap_reached, pool_used_bytes, quota_exceeded
 from poolhub.errors import Conflict, NotFound
 from poolhub.filestore import Bucket, file_delete
@@ -267,16 +267,50 @@ class PurgeReport:
         return self.uploads + self.results + self.released
 
 
+def _retention_pools(*, now: datetime) -> list[tuple[UUID, datetime, datetime | None]]:
+    """(pool, retention cutoff, where its scan of uploads starts) for every pool with a retention."""
+    marks = dict(RetentionMark.objects.values_list("pool_id", "uploads_from"))
+    return [(pool_id, now - timedelta(days=int(days or 0)), marks.get(pool_id))
+            for pool_id, days in Pool.objects.filter(retention_days__isnull=False).values_list("id", "retention_days")]
+
+
+def _kept_before(*, pool_id: UUID, cutoff: datetime, start: datetime | None) -> QuerySet[Upload]:
+    """The pool's uploads created before `cutoff` (from its mark on) whose content is still kept."""
+    rows = Upload.objects.filter(pool_id=pool_id, created_at__lt=cutoff)
+    if start is not None:
+        rows = rows.filter(created_at__gte=start)
+    return rows.exclude(_purged("upload"))
+
+
 def _expired_uploads(*, now: datetime, limit: int) -> list[UUID]:
     ids: list[UUID] = []
-    for pool_id, days in Pool.objects.filter(retention_days__isnull=False).values_list("id", "retention_days"):
-        rows: QuerySet[Upload] = (Upload.objects.filter(pool_id=pool_id, status=UploadStatus.STORED,
-                                                        created_at__lt=now - timedelta(days=int(days or 0)))
-                                  .exclude(group__status=GroupStatus.EXPORTING).exclude(_purged("upload")))
+    for pool_id, cutoff, start in _retention_pools(now=now):
+        rows = (_kept_before(pool_id=pool_id, cutoff=cutoff, start=start).filter(status=UploadStatus.STORED)
+                .exclude(group__status=GroupStatus.EXPORTING))
         ids += rows.order_by("created_at").values_list("id", flat=True)[:limit - len(ids)]
         if len(ids) >= limit:
             break
     return ids
+
+
+def retention_marks_advance(*, now: datetime) -> None:
+    """Move each pool's mark up to its oldest upload before the cutoff whose content is still
+    kept (in staging, failed and kept, under an export, or not reached by this run), or, when
+    every one is purged, to the newest of them: the next run starts there instead of reading
+    past every upload purged so far. A mark only moves forward (two runs at once are safe)."""
+    for pool_id, cutoff, start in _retention_pools(now=now):
+        mark = (_kept_before(pool_id=pool_id, cutoff=cutoff, start=start)
+                .order_by("created_at").values_list("created_at", flat=True).first())
+        if mark is None:  # all purged: new uploads are created after the newest of them
+            scanned = Upload.objects.filter(pool_id=pool_id, created_at__lt=cutoff)
+            if start is not None:
+                scanned = scanned.filter(created_at__gte=start)
+            mark = scanned.aggregate(newest=Max("created_at"))["newest"]
+        if mark is None or (start is not None and mark <= start):
+            continue
+        if not RetentionMark.objects.filter(pool_id=pool_id, uploads_from__lt=mark).update(uploads_from=mark):
+            RetentionMark.objects.bulk_create([RetentionMark(pool_id=pool_id, uploads_from=mark)],
+                                              ignore_conflicts=True)
 
 
 def _expired_results(*, now: datetime, limit: int) -> list[UUID]:
@@ -331,6 +365,7 @@ def purge_expired(*, now: datetime | None = None, batch: int | None = None,
         report.removed += purges_remove_pending(limit=batch * 3)
         if report.marked == before:
             break
+    retention_marks_advance(now=now)
     if report.marked or report.removed:
         logger.info("retention: %d upload(s) and %d result(s) purged, %d failed upload(s) released, "
                     "%d object(s) removed from the file store", report.uploads, report.results, report.released,
