@@ -190,6 +190,87 @@ def file_write(*, bucket: Bucket, file_id: UUID | str, filename: str, chunks: It
     return _stored(bucket, document)
 
 
+@dataclass(frozen=True)
+class FileToWrite:
+    """One file for `files_write`."""
+
+    file_id: UUID | str
+    filename: str
+    chunks: Iterable[bytes]
+    metadata: dict[str, Any]
+
+
+BATCH_INSERT_BYTES = 4 * 1024 * 1024  # chunk documents per insert_many in `files_write`, in bytes
+
+
+def files_write(*, bucket: Bucket, files: Iterable[FileToWrite]) -> dict[str, StoredFile | Exception]:
+    """Write several files as `file_write` does, their chunk documents sharing `insert_many` calls
+    (about BATCH_INSERT_BYTES each, never a whole file in memory) and their files documents one
+    `insert_many` at the end. Per file id: its StoredFile, or the error its own `chunks` raised
+    (that file's chunks are removed; the others go on). A store failure removes the chunks of
+    every file in the call and raises FileStoreUnavailable."""
+    outcome: dict[str, StoredFile | Exception] = {}
+    documents: list[dict[str, Any]] = []
+    pending: list[dict[str, Any]] = []
+    pending_bytes = 0
+    keys: list[str] = []
+
+    def flush() -> None:
+        nonlocal pending_bytes
+        if pending:
+            _chunks(bucket).insert_many(pending, ordered=False)
+            pending.clear()
+            pending_bytes = 0
+
+    try:
+        _indexes_ensure(bucket)
+        for file in files:
+            key = _id(file.file_id)
+            keys.append(key)
+            digest, buffer, n, length = hashlib.sha256(), bytearray(), 0, 0
+            mark = len(pending)  # this file's chunk documents start here in `pending`
+            try:
+                for piece in file.chunks:
+                    length += len(piece)
+                    digest.update(piece)
+                    buffer += piece
+                    while len(buffer) >= GRIDFS_CHUNK_BYTES:
+                        pending.append({"files_id": key, "n": n, "data": Binary(bytes(buffer[:GRIDFS_CHUNK_BYTES]))})
+                        del buffer[:GRIDFS_CHUNK_BYTES]
+                        n, pending_bytes = n + 1, pending_bytes + GRIDFS_CHUNK_BYTES
+                        if pending_bytes >= BATCH_INSERT_BYTES:
+                            flush()
+                            mark = 0
+            except PyMongoError:
+                raise
+            except Exception as exc:  # this file's source failed: drop its chunks, go on with the others
+                del pending[mark:]
+                pending_bytes = sum(len(document["data"]) for document in pending)
+                _chunks(bucket).delete_many({"files_id": key})
+                outcome[key] = exc
+                continue
+            if buffer:
+                pending.append({"files_id": key, "n": n, "data": Binary(bytes(buffer))})
+                pending_bytes += len(buffer)
+            documents.append({
+                "_id": key, "length": length, "chunkSize": GRIDFS_CHUNK_BYTES, "uploadDate": _now_ms(),
+                "filename": file.filename, "metadata": file.metadata, "sha256": digest.hexdigest()})
+            if pending_bytes >= BATCH_INSERT_BYTES:
+                flush()
+        flush()
+        if documents:
+            _files(bucket).insert_many(documents, ordered=False)
+    except BaseException as exc:
+        with contextlib.suppress(PyMongoError):
+            _chunks(bucket).delete_many({"files_id": {"$in": keys}})
+        if isinstance(exc, PyMongoError):
+            raise FileStoreUnavailable(f"the file store refused a batch of {len(keys)} file(s): {exc}") from exc
+        raise
+    for document in documents:
+        outcome[str(document["_id"])] = _stored(bucket, document)
+    return outcome
+
+
 # --- read -------------------------------------------------------------------------------------
 
 def file_open(*, bucket: Bucket, file_id: UUID | str) -> StoredFile:

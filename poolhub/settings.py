@@ -362,3 +362,14 @@ POOLHUB_WEB_LARGE_FILE_BYTES = env_int("POOLHUB_WEB_LARGE_FILE_BYTES", 8 * 1024 
 # whitenoise also serves files the staticfiles finders find (poolhub/static), so the page works from
 # a checkout that never ran collectstatic (`make run`, the browser tests); collected files still win.
 WHITENOISE_USE_FINDERS = True
+
+# --- ingest (docs/configuration.md "Ingest") -------------------------------------------------
+# The store hand-off: the committed `cached` rows are the outbox, a kick is sent after commit and
+# the relay re-sends it for uploads still waiting after POOLHUB_STORE_KICK_SECONDS. Workers store
+# first attempts in batches of up to POOLHUB_STORE_BATCH_FILES files / POOLHUB_STORE_BATCH_BYTES.
+POOLHUB_STORE_KICK_SECONDS = env_int("POOLHUB_STORE_KICK_SECONDS", 5)
+POOLHUB_STORE_BATCH_FILES = env_int("POOLHUB_STORE_BATCH_FILES", 32)
+POOLHUB_STORE_BATCH_BYTES = env_int("POOLHUB_STORE_BATCH_BYTES", 8 * 1024 * 1024)
+CELERY_BEAT_SCHEDULE["uploads_pending_kick"] = {
+    "task": "uploads_pending_kick", "schedule": float(POOLHUB_STORE_KICK_SECONDS),
+}

@@ -7,6 +7,7 @@ from typing import Any
 from celery import shared_task
 from django.conf import settings
 
+from uploads import services
 from uploads.services import StoreOutcome, upload_store, uploads_stuck_redrive
 from uploads.staging import staging_reconcile
 
@@ -38,3 +39,16 @@ def redrive_stuck_uploads() -> int:
 def reconcile_staging() -> int:
     """Beat: give back the staging budget held by staged files whose keys expired."""
     return staging_reconcile()
+
+
+@shared_task(name="uploads_store_pending", acks_late=True, reject_on_worker_lost=True,
+             soft_time_limit=settings.POOLHUB_STORE_SOFT_TIME_LIMIT, time_limit=settings.POOLHUB_STORE_TIME_LIMIT)
+def uploads_store_pending(upload_ids: list[str]) -> int:
+    """The store kick: store these uploads and other waiting ones, in batches. Returns how many were stored."""
+    return services.uploads_store_pending(upload_ids=upload_ids).stored
+
+
+@shared_task(name="uploads_pending_kick", acks_late=True, soft_time_limit=60, time_limit=90)
+def uploads_pending_kick() -> int:
+    """Beat, every few seconds (the outbox relay): re-kick uploads still waiting for their first store attempt."""
+    return services.uploads_pending_kick()
