@@ -155,7 +155,9 @@ def _close_rules_on_commit(*, pool: Pool, group: Group) -> None:
     from batching.tasks import check_close_rules  # late: tasks import this module
 
     group_id = str(group.id)
-    transaction.on_commit(lambda: check_close_rules.delay(group_id))
+    # robust: the upload is committed; a broker that is down must not fail its request now
+    # (beat's close of due windows still closes the group).
+    transaction.on_commit(lambda: check_close_rules.delay(group_id), robust=True)
 
 
 # --- closing -----------------------------------------------------------------------------------

@@ -101,7 +101,7 @@ def upload_accept(*, pool: Pool, uploader: User, staged: StagedFile, timestamp: 
     with transaction.atomic():
         existing = _upload_existing(pool=pool, uploader=uploader, timestamp=timestamp, sha256=staged.sha256)
         if existing is not None:
-            transaction.on_commit(lambda: staging_drop(key=staged.key))
+            _drop_duplicate_on_commit(staged=staged, existing=existing)
             return existing
         group = group_for_upload(pool=pool, timestamp=timestamp)
         upload = Upload(pool=pool, uploader=uploader, batch_id=batch_id, filename=_clean_filename(filename),
@@ -116,11 +116,18 @@ def upload_accept(*, pool: Pool, uploader: User, staged: StagedFile, timestamp: 
             existing = _upload_existing(pool=pool, uploader=uploader, timestamp=timestamp, sha256=staged.sha256)
             if existing is None:
                 raise
-            transaction.on_commit(lambda: staging_drop(key=staged.key))
+            _drop_duplicate_on_commit(staged=staged, existing=existing)
             return existing
         if kick:
             _enqueue_store(upload.id)
     return upload
+
+
+def _drop_duplicate_on_commit(*, staged: StagedFile, existing: Upload) -> None:
+    """Drop the new staged copy of a file already accepted, unless it is that upload's own bytes
+    (a repeated websocket `complete-upload` brings the very staging key the upload holds)."""
+    if staged.key != existing.staging_key:
+        transaction.on_commit(lambda: staging_drop(key=staged.key))
 
 
 def _upload_existing(*, pool: Pool, uploader: User, timestamp: datetime, sha256: str) -> Upload | None:
@@ -228,7 +235,7 @@ def _lock_seconds() -> int:
 
 
 def upload_store(*, upload_id: UUID | str) -> StoreResult:
-    """One store attempt for the `uploads.store` task. Idempotent: a replay finds nothing to do.
+    """One store attempt for the `upload_store` task. Idempotent: a replay finds nothing to do.
 
     A per-upload Redis lock (renewed while bytes move, so a killed worker's lock lapses soon)
     keeps two workers from writing the same file at once.
@@ -387,10 +394,10 @@ def uploads_store_pending(*, upload_ids: Sequence[UUID | str] = (), max_batches:
 
 def _retry_later(*, upload_id: UUID | str, result: StoreResult) -> None:
     if result.outcome in (StoreOutcome.RETRY, StoreOutcome.BUSY):
-        from uploads.tasks import store_upload  # late: tasks import this module
+        from uploads import tasks  # late: tasks import this module
 
         try:
-            store_upload.apply_async(args=(str(upload_id),), countdown=result.retry_in)
+            tasks.upload_store.apply_async(args=(str(upload_id),), countdown=result.retry_in)
         except Exception:  # the broker is down: the stuck re-drive sends it again
             logger.warning("could not schedule the retry of upload %s", upload_id, exc_info=True)
 
