@@ -102,12 +102,16 @@ class Stack:
         host = self.env.get("HOST", "127.0.0.1")
         port = self.env.get("PORT", "8000")
         bin_dir = Path(sys.executable).parent
+        # WEB_CONCURRENCY web processes on one socket (uvicorn's --workers), default one per core,
+        # and as many worker processes unless CELERY_CONCURRENCY says otherwise.
+        web_processes = self.env.get("WEB_CONCURRENCY") or str(os.cpu_count() or 1)
         self.spawn("web", [str(bin_dir / "uvicorn"), "poolhub.asgi:application", "--host", host, "--port", port,
+                           "--workers", web_processes,
                            "--ws", "websockets-sansio", "--lifespan", "off", "--no-server-header",
                            *self.web_proxy_args(), "--timeout-graceful-shutdown", "10", "--log-level",
                            self.env.get("UVICORN_LOG_LEVEL", "info")])
-        log(f"web (ASGI: API, websockets, admin) on http://{host}:{port}/")
-        concurrency = self.env.get("CELERY_CONCURRENCY", "2")
+        log(f"web (ASGI: API, websockets, admin) on http://{host}:{port}/, {web_processes} process(es)")
+        concurrency = self.env.get("CELERY_CONCURRENCY") or web_processes
         self.spawn("worker", [str(bin_dir / "celery"), "-A", "celery_app", "worker", "--loglevel", "INFO",
                               "--concurrency", concurrency, "--prefetch-multiplier", "1", "-Q",
                               self.env.get("CELERY_QUEUE", "poolhub"), "--hostname", f"poolhub@{os.uname()[1]}"])

@@ -5,8 +5,9 @@ the projection row it changes. Each upload event's `data` carries the projection
 `status` and `attempts` always, `group` when the group changes. So `rebuild_projections`
 folds the log without knowing the event types, and listeners get status pushes from any event.
 
-Event types: `upload.cached` (accepted), `upload.storing` (a store attempt starts; counted
-before any byte moves, so a killed worker's attempt counts too), `upload.store_failed`,
+Event types (constants in uploads.event_types.EventType): `upload.cached` (accepted),
+`upload.storing` (a store attempt starts; counted before any byte moves, so a killed worker's
+attempt counts too), `upload.store_failed`,
 `upload.stored`, `upload.failed` (attempts exhausted; staged bytes kept), `upload.redriven`
 (an admin sent a failed upload back to `cached` with fresh attempts), `upload.regrouped`.
 """
@@ -37,6 +38,7 @@ from batching.services import group_for_upload
 from poolhub.errors import ApiError, Conflict, NotFound
 from poolhub.filestore import Bucket, FileToWrite, StoredFile, file_delete, file_intact, file_write, files_write
 from poolhub.redis import redis_client
+from uploads.event_types import EventType
 from uploads.events import NewEvent, event_append, events_append
 from uploads.models import Upload, UploadStatus
 from uploads.staging import (
@@ -110,7 +112,7 @@ def upload_accept(*, pool: Pool, uploader: User, staged: StagedFile, timestamp: 
                         status=UploadStatus.CACHED, attempts=0)
         try:
             with transaction.atomic():
-                _append(upload, "upload.cached", group=str(group.id), size=upload.size, sha256=upload.sha256)
+                _append(upload, EventType.UPLOAD_CACHED, group=str(group.id), size=upload.size, sha256=upload.sha256)
                 upload.save(force_insert=True)
         except IntegrityError:  # a concurrent request accepted the same file first
             existing = _upload_existing(pool=pool, uploader=uploader, timestamp=timestamp, sha256=staged.sha256)
@@ -188,7 +190,7 @@ def upload_regroup(*, upload: Upload, group: Group, reason: str = "") -> Upload:
         upload = Upload.objects.select_for_update().get(id=upload.id)
         previous = upload.group_id
         upload.group = group
-        _append(upload, "upload.regrouped", group=str(group.id), from_group=str(previous) if previous else None,
+        _append(upload, EventType.UPLOAD_REGROUPED, group=str(group.id), from_group=str(previous) if previous else None,
                 reason=reason)
         upload.save(update_fields=["group", "version", "updated_at"])
     return upload
@@ -292,7 +294,7 @@ def _attempt_begin(*, upload_id: UUID | str) -> tuple[Upload, bool] | None:
         if upload.attempts >= _max_attempts():
             return upload, True
         upload.attempts += 1
-        _append(upload, "upload.storing")
+        _append(upload, EventType.UPLOAD_STORING)
         upload.save(update_fields=["attempts", "version", "updated_at"])
     return upload, False
 
@@ -325,7 +327,7 @@ def _stored(*, upload_id: UUID) -> None:
         if upload.status != UploadStatus.CACHED:
             return
         upload.status = UploadStatus.STORED
-        _append(upload, "upload.stored")
+        _append(upload, EventType.UPLOAD_STORED)
         upload.save(update_fields=["status", "version", "updated_at"])
         key = upload.staging_key
         transaction.on_commit(lambda: staging_drop(key=key))
@@ -337,12 +339,12 @@ def _attempt_failed(*, upload_id: UUID, error: str, final: bool, count: bool = T
         if upload.status != UploadStatus.CACHED:
             return StoreResult(StoreOutcome.NOTHING_TO_DO)
         if count:
-            _append(upload, "upload.store_failed", error=error)
+            _append(upload, EventType.UPLOAD_STORE_FAILED, error=error)
         if not final:
             upload.save(update_fields=["version", "updated_at"])
             return StoreResult(StoreOutcome.RETRY, retry_in=store_backoff(attempt=upload.attempts))
         upload.status = UploadStatus.FAILED
-        _append(upload, "upload.failed", error=error)
+        _append(upload, EventType.UPLOAD_FAILED, error=error)
         upload.save(update_fields=["status", "version", "updated_at"])
         key = upload.staging_key
         transaction.on_commit(lambda: staging_keep(key=key))
@@ -472,7 +474,7 @@ def _batch_begin(*, upload_ids: list[UUID]) -> list[Upload]:
                        .filter(id__in=upload_ids, status=UploadStatus.CACHED, attempts=0).order_by("created_at"))
         for upload in uploads:
             upload.attempts += 1
-        _append_many(uploads, "upload.storing")
+        _append_many(uploads, EventType.UPLOAD_STORING)
         Upload.objects.bulk_update(uploads, ["attempts", "version", "updated_at"])
     return uploads
 
@@ -532,7 +534,7 @@ def _stored_many(*, uploads: list[Upload]) -> None:
                                                               status=UploadStatus.CACHED).order_by("created_at"))
         for row in rows:
             row.status = UploadStatus.STORED
-        _append_many(rows, "upload.stored")
+        _append_many(rows, EventType.UPLOAD_STORED)
         Upload.objects.bulk_update(rows, ["status", "version", "updated_at"])
         keys = [row.staging_key for row in rows]
         transaction.on_commit(lambda: staging_drop_many(keys=keys))
@@ -569,7 +571,7 @@ def upload_redrive(*, upload_id: UUID | str, by: User | None = None) -> Upload:
         previous = upload.attempts
         upload.status = UploadStatus.CACHED
         upload.attempts = 0
-        _append(upload, "upload.redriven", previous_attempts=previous, by=str(by.id) if by else None)
+        _append(upload, EventType.UPLOAD_REDRIVEN, previous_attempts=previous, by=str(by.id) if by else None)
         upload.save(update_fields=["status", "attempts", "version", "updated_at"])
         key = upload.staging_key
         transaction.on_commit(lambda: staging_touch(key=key))
