@@ -7,7 +7,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     POOLHUB_VAR_DIR=/app/var \
-    PORT=8000
+    PORT=8000 \
+    LOG_FORMAT=json \
+    PROMETHEUS_MULTIPROC_DIR=/tmp/metrics
 
 WORKDIR /app
 
@@ -17,9 +19,10 @@ RUN python -m pip install -r requirements.txt
 COPY . .
 
 # Static files (admin, API docs page) are collected at build time and served by whitenoise.
-# The throwaway key collectstatic needs is generated under var/ and removed again.
+# The image installs the runtime set only (requirements.txt): no embedded servers, no test tools.
+# Importing the settings writes nothing, so no key is left behind by collectstatic.
 RUN python manage.py collectstatic --noinput -v 0 \
-    && rm -f /app/var/secret_key \
+    && rm -rf "$PROMETHEUS_MULTIPROC_DIR" \
     && useradd --system --uid 10001 --home-dir /app poolhub \
     && chown -R poolhub /app/var
 
@@ -27,4 +30,5 @@ USER poolhub
 EXPOSE 8000
 
 # The default command is the web process; compose overrides it for worker, beat and migrate.
-CMD ["sh", "-c", "exec uvicorn poolhub.asgi:application --host 0.0.0.0 --port ${PORT} --proxy-headers --ws websockets-sansio --lifespan off --no-server-header"]
+# The metrics directory starts empty (docs/configuration.md, PROMETHEUS_MULTIPROC_DIR).
+CMD ["sh", "-c", "rm -rf \"$PROMETHEUS_MULTIPROC_DIR\" && mkdir -p \"$PROMETHEUS_MULTIPROC_DIR\" && exec uvicorn poolhub.asgi:application --host 0.0.0.0 --port ${PORT} --proxy-headers --ws websockets-sansio --lifespan off --no-server-header"]

@@ -2,14 +2,25 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | cksum | cut -d' ' -f1)
+# `make run` needs the runtime set and the embedded defaults; tests and tools also the dev set.
+# Each stamp is named by its files' checksum, so editing a requirements file reinstalls.
+RUN_REQS := requirements.txt requirements-embedded.txt
+DEV_REQS := $(RUN_REQS) requirements-dev.txt
+RUN_STAMP := $(VENV)/.installed-run-$(shell cat $(RUN_REQS) | cksum | cut -d' ' -f1)
+STAMP := $(VENV)/.installed-dev-$(shell cat $(DEV_REQS) | cksum | cut -d' ' -f1)
 
 .PHONY: run test lint typecheck check demo bench clean
 
-$(STAMP): requirements.txt requirements-dev.txt
+$(RUN_STAMP): $(RUN_REQS)
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-embedded.txt
+	@rm -f $(VENV)/.installed-run-*
+	@touch $(RUN_STAMP)
+
+$(STAMP): $(DEV_REQS)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
-	@rm -f $(VENV)/.installed-*
+	@rm -f $(VENV)/.installed-dev-* $(VENV)/.installed-[0-9]*
 	@touch $(STAMP)
 
 # The client SDK and the `poolhub` command (client/), installed editable into .venv for `make demo`
@@ -20,7 +31,7 @@ $(CLIENT_STAMP): $(STAMP) client/pyproject.toml
 		|| $(BIN)/python -m pip install --quiet --disable-pip-version-check -e client
 	@touch $(CLIENT_STAMP)
 
-run: $(STAMP)
+run: $(RUN_STAMP)
 	$(BIN)/python -m poolhub.launcher
 
 # The browser tests (tests/browser) run when a chromium is found ($$POOLHUB_CHROMIUM or /usr/bin/chromium).
@@ -38,8 +49,8 @@ DEMO_ARGS ?= --clients 50
 demo: $(CLIENT_STAMP)
 	$(BIN)/poolhub --url "$${POOLHUB_URL:-http://127.0.0.1:8000}" simulate $(DEMO_ARGS)
 
-# Every figure of issue 7 beside its raw baseline, on a private stack on 127.0.0.1; writes BENCHMARKS.md.
-# BENCH_QUICK=1 for a ~2 minute smoke run; see bench/run.py for the other knobs.
+# Every performance figure beside its baselines, on a private stack on 127.0.0.1; writes BENCHMARKS.md.
+# BENCH_QUICK=1 for a smoke run of a few minutes; bench/README.md lists the other knobs.
 bench: $(STAMP)
 	$(BIN)/python -m bench
 

@@ -8,8 +8,11 @@ from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
+from django.contrib.auth.models import Group as AuthGroup
 from django.db import models
-from django.db.models import QuerySet
+from django.db.models import F, QuerySet
+from django.db.models.expressions import Combinable
+from django.db.models.functions import Coalesce
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404, render
 from django.urls import path, reverse
@@ -18,6 +21,12 @@ from accounts import services
 from accounts.models import Membership, Pool, Role, User
 from poolhub.errors import ApiError
 
+# The console an operator works from: pools, members, uploads, rounds, results, webhooks.
+admin.site.site_header = admin.site.site_title = "poolhub console"
+admin.site.index_title = "Operations"
+# Access is by pool role and the account's system role; Django's permission groups are unused.
+admin.site.unregister(AuthGroup)
+
 
 @admin.register(User)
 class UserAdmin(BaseUserAdmin):
@@ -25,6 +34,11 @@ class UserAdmin(BaseUserAdmin):
     list_filter = ["role", "is_active", "is_staff"]
     search_fields = ["username", "email"]
     fieldsets = (*(BaseUserAdmin.fieldsets or ()), ("poolhub", {"fields": ("role",)}))
+
+    def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        if change and "is_active" in form.changed_data:  # deactivation ends its tokens and sockets
+            services.user_active_set(user=obj, active=obj.is_active)
 
 
 class MembershipInline(admin.TabularInline):
@@ -45,7 +59,7 @@ class BulkMembersForm(forms.Form):
 
 
 class ProvisionForm(forms.Form):
-    count = forms.IntegerField(min_value=1, max_value=1000, initial=10)
+    count = forms.IntegerField(min_value=1, initial=10)  # the service enforces POOLHUB_PROVISION_MAX
     name_prefix = forms.CharField(max_length=100, initial="client-", label="Username prefix")
     role = forms.ChoiceField(choices=Role.choices, initial=Role.CONTRIBUTOR)
 
@@ -53,7 +67,9 @@ class ProvisionForm(forms.Form):
 @admin.register(Pool)
 class PoolAdmin(admin.ModelAdmin):
     formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
-    list_display = ["name", "window_seconds", "grace_seconds", "late_policy", "member_count", "created_at"]
+    list_display = ["name", "window_seconds", "grace_seconds", "late_policy", "member_count", "stored_bytes",
+                    "quota_bytes", "retention_days", "created_at"]
+    list_filter = ["late_policy"]
     search_fields = ["name"]
     inlines = [MembershipInline]
     readonly_fields = ["id", "created_at"]
@@ -88,11 +104,20 @@ class PoolAdmin(admin.ModelAdmin):
     def get_queryset(self, request: HttpRequest) -> QuerySet[Pool]:
         from django.db.models import Count
 
-        return super().get_queryset(request).annotate(_members=Count("memberships"))
+        return super().get_queryset(request).annotate(_members=Count("memberships", distinct=True),
+                                                      _stored=Coalesce("usage__bytes", 0))
 
     @admin.display(description="members", ordering="_members")
     def member_count(self, pool: Any) -> int:
         return int(pool._members)
+
+    def get_ordering(self, request: HttpRequest) -> tuple[str | Combinable, ...]:
+        return (F("usage__bytes").desc(nulls_last=True), "name")  # the pools that hold the most first
+
+    @admin.display(description="stored bytes", ordering="_stored")
+    def stored_bytes(self, pool: Any) -> str:
+        """lifecycle.PoolUsage: uploads (staged or stored) and results the pool holds. Sortable."""
+        return f"{int(pool._stored):,}"
 
     def get_urls(self) -> list[Any]:
         extra = [path("<uuid:pool_id>/add-members/", self.admin_site.admin_view(self.add_members),

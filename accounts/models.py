@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from django.contrib.auth.models import AbstractUser
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
+from django.db.models.functions import Lower
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MIN_WINDOW_SECONDS = 60
@@ -22,6 +23,10 @@ class User(AbstractUser):
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     role = models.CharField(max_length=16, choices=SystemRole.choices, default=SystemRole.USER)
+
+    class Meta(AbstractUser.Meta):
+        # "Alice" and "alice" (and, stored NFKC-normalised, its fullwidth form) are one account.
+        constraints = [models.UniqueConstraint(Lower("username"), name="username_unique_ignoring_case")]
 
     @property
     def is_poolhub_admin(self) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from uuid import UUID
 
+from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db.models import QuerySet
 
 from accounts.models import Membership, Pool, Role, User
@@ -28,7 +29,7 @@ def pool_access(*, user: User, pool_id: UUID | str, roles: Iterable[Role] | None
     """
     try:
         pool = Pool.objects.get(id=pool_id)
-    except (Pool.DoesNotExist, ValueError, TypeError) as exc:
+    except (Pool.DoesNotExist, ValueError, TypeError, DjangoValidationError) as exc:  # "x" is no UUID: 404
         raise NotFound("no such pool") from exc
     if user_is_admin(user=user):
         return pool
@@ -52,7 +53,3 @@ def pool_roles_for_user(*, user: User) -> dict[UUID, str]:
 
 def pool_member_list(*, pool: Pool) -> QuerySet[Membership]:
     return Membership.objects.filter(pool=pool).select_related("user").order_by("user__username")
-
-
-def pool_member_ids(*, pool_id: UUID) -> list[UUID]:
-    return list(Membership.objects.filter(pool_id=pool_id).values_list("user_id", flat=True))

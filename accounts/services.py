@@ -23,8 +23,17 @@ from rest_framework_simplejwt.exceptions import TokenError
 from rest_framework_simplejwt.tokens import RefreshToken, Token
 
 from accounts.hashers import generated_secret, generated_secret_hash
+from accounts.login_guard import login_failure_record, login_guard_check
 from accounts.models import Membership, Pool, Role, User
-from accounts.tokens import RefreshTokenSpent, access_token_deny, refresh_token_spend, token_pair_for
+from accounts.tokens import (
+    RefreshTokenSpent,
+    access_token_deny,
+    refresh_token_spend,
+    refresh_tokens_revoke_all,
+    token_pair_issue,
+    user_tokens_allow,
+    user_tokens_deny,
+)
 from poolhub.errors import ApiError, BadRequest, Conflict, NotFound, Unavailable
 
 
@@ -41,6 +50,9 @@ def _password_validate(password: str, *, user: User, field: str = "password") ->
 
 
 def user_signup(*, username: str, password: str) -> User:
+    # "RT1" in fullwidth letters and "RT1" are one name to a human: compatibility forms fold before the check (Django
+    # stores names NFKC-normalised; the database refuses two that differ only in case).
+    username = User.normalize_username(username)
     _password_validate(password, user=User(username=username))
     taken = Conflict("username: this username is taken", code="username_taken",
                      details={"fields": {"username": ["this username is taken"]}})
@@ -54,11 +66,15 @@ def user_signup(*, username: str, password: str) -> User:
         raise taken from exc
 
 
-def user_login(*, username: str, password: str) -> tuple[User, dict[str, str]]:
-    user = authenticate(username=username, password=password)
+def user_login(*, username: str, password: str, address: str) -> tuple[User, dict[str, str]]:
+    """Failed logins are counted per account and per address (accounts.login_guard): past either
+    limit, 429 before the password is checked."""
+    login_guard_check(username=username, address=address)
+    user = authenticate(username=User.normalize_username(username), password=password)
     if not isinstance(user, User) or not user.is_active:
+        login_failure_record(username=username, address=address)
         raise ApiError("wrong username or password", code="invalid_credentials", status_code=401)
-    return user, token_pair_for(user=user)
+    return user, token_pair_issue(user=user)
 
 
 def token_refresh(*, refresh: str) -> dict[str, str]:
@@ -76,7 +92,7 @@ def token_refresh(*, refresh: str) -> dict[str, str]:
         refresh_token_spend(token=token, user=user)
     except RefreshTokenSpent as exc:  # a concurrent refresh spent it first
         raise ApiError("the refresh token was already used", code="token_revoked", status_code=401) from exc
-    return token_pair_for(user=user)
+    return token_pair_issue(user=user)
 
 
 def user_logout(*, user: User, access: Token | dict[str, Any] | None, refresh: str | None) -> None:
@@ -110,7 +126,26 @@ def user_password_change(*, user: User, current_password: str, new_password: str
         user.set_password(new_password)
         user.save(update_fields=["password"])
         user_logout(user=user, access=access, refresh=refresh)
-    return token_pair_for(user=user)
+        refresh_tokens_revoke_all(user=user)  # every session started with the old password ends
+    return token_pair_issue(user=user)
+
+
+def user_active_set(*, user: User, active: bool) -> None:
+    """Deactivate (or reactivate) an account. Deactivation ends everything at once: its refresh
+    tokens are revoked, its access tokens denied (REST and every websocket frame check it), and
+    its open sockets are closed."""
+    with transaction.atomic():
+        User.objects.filter(id=user.id).update(is_active=active)
+        user.is_active = active
+        if active:
+            user_tokens_allow(user_id=user.id)
+            return
+        refresh_tokens_revoke_all(user=user)
+        user_tokens_deny(user_id=user.id)
+        from notifications.services import access_token_revoked  # its open sockets close now
+
+        user_id = user.id
+        transaction.on_commit(lambda: access_token_revoked(user_id=user_id, jti=None))
 
 
 def pool_create(*, data: dict[str, Any]) -> Pool:

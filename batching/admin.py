@@ -6,6 +6,7 @@ from __future__ import annotations
 from django.contrib import admin, messages
 from django.db.models import Count, QuerySet, Sum
 from django.http import HttpRequest
+from django.template.defaultfilters import filesizeformat
 
 from batching import services, webhooks
 from batching.models import Group, Lease, Result, WebhookDelivery
@@ -60,7 +61,7 @@ def _run(request: HttpRequest, groups: QuerySet[Group], action: str) -> None:
 class GroupAdmin(admin.ModelAdmin):
     list_display = ["id", "pool", "window_start", "window_end", "status", "n_uploads", "n_bytes", "closed_at"]
     list_filter = ["status", "pool"]
-    date_hierarchy = "window_start"
+    date_hierarchy = "created_at"  # windows follow clients' timestamps, which may be any year
     search_fields = ["id", "pool__name"]
     readonly_fields = ["id", "pool", "window_start", "window_end", "status", "version", "closed_at", "hold_until",
                        "created_at"]
@@ -78,9 +79,9 @@ class GroupAdmin(admin.ModelAdmin):
     def n_uploads(self, group: Group) -> int:
         return int(getattr(group, "upload_total", 0) or 0)
 
-    @admin.display(description="bytes", ordering="byte_total")
-    def n_bytes(self, group: Group) -> int:
-        return int(getattr(group, "byte_total", 0) or 0)
+    @admin.display(description="size", ordering="byte_total")
+    def n_bytes(self, group: Group) -> str:
+        return filesizeformat(int(getattr(group, "byte_total", 0) or 0))
 
     @admin.action(description="Close now (the trigger event)")
     def close_groups(self, request: HttpRequest, queryset: QuerySet[Group]) -> None:
@@ -98,7 +99,10 @@ class GroupAdmin(admin.ModelAdmin):
 @admin.register(Lease)
 class LeaseAdmin(admin.ModelAdmin):
     list_display = ["id", "group", "exporter", "created_at", "expires_at", "released_at", "end_reason"]
-    list_filter = ["end_reason"]
+    list_filter = ["end_reason", ("group__pool", admin.RelatedOnlyFieldListFilter)]
+    search_fields = ["id", "group__id", "exporter__username", "group__pool__name"]
+    list_select_related = ["group", "exporter"]
+    date_hierarchy = "created_at"
     readonly_fields = ["id", "group", "exporter", "created_at", "expires_at", "released_at", "end_reason"]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
@@ -107,20 +111,30 @@ class LeaseAdmin(admin.ModelAdmin):
 
 @admin.register(Result)
 class ResultAdmin(admin.ModelAdmin):
-    list_display = ["id", "pool", "group", "filename", "size", "sha256", "created_at"]
-    list_filter = ["pool"]
+    list_display = ["id", "pool", "group", "filename", "file_size", "sha256", "created_at"]
+    list_filter = [("pool", admin.RelatedOnlyFieldListFilter)]
+    search_fields = ["id", "filename", "sha256", "pool__name", "group__id"]
+    list_select_related = ["pool", "group"]
+    date_hierarchy = "created_at"
     readonly_fields = ["id", "pool", "group", "lease", "filename", "size", "sha256", "content_type", "upload_ids",
                        "created_at"]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
+    @admin.display(description="size", ordering="size")
+    def file_size(self, result: Result) -> str:
+        return filesizeformat(result.size)
+
 
 @admin.register(WebhookDelivery)
 class WebhookDeliveryAdmin(admin.ModelAdmin):
     list_display = ["id", "pool", "group", "url", "status", "attempts", "response_status", "created_at",
                     "delivered_at"]
-    list_filter = ["status", "pool"]
+    list_filter = ["status", ("pool", admin.RelatedOnlyFieldListFilter)]
+    search_fields = ["id", "url", "pool__name", "group__id", "last_error"]
+    list_select_related = ["pool", "group"]
+    date_hierarchy = "created_at"
     readonly_fields = ["id", "pool", "group", "event_seq", "url", "payload", "status", "attempts", "response_status",
                        "last_error", "created_at", "updated_at", "delivered_at"]
     actions = ["redeliver"]

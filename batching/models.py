@@ -17,7 +17,8 @@ class GroupStatus(models.TextChoices):
 
 
 class Group(models.Model):
-    """A pool's uploads whose timestamp falls in [window_start, window_end)."""
+    """A pool's uploads whose timestamp falls in [window_start, window_end): one round (the admin
+    and the docs call it that; the API calls it a group)."""
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     pool = models.ForeignKey("accounts.Pool", on_delete=models.PROTECT, related_name="groups")
@@ -31,6 +32,8 @@ class Group(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
+        verbose_name = "round"
+        verbose_name_plural = "rounds"
         ordering = ["-window_start"]
         constraints = [models.UniqueConstraint(fields=["pool", "window_start"], name="one_group_per_window")]
         indexes = [models.Index(fields=["status", "window_end"])]
@@ -110,6 +113,7 @@ class WebhookDelivery(models.Model):
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
+        verbose_name_plural = "webhook deliveries"
         ordering = ["-created_at"]
         constraints = [models.UniqueConstraint(fields=["group", "event_seq"], name="one_delivery_per_event")]
 

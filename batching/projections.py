@@ -20,6 +20,7 @@ STATUS_AFTER: dict[str, GroupStatus] = {
     EventType.GROUP_LEASE_REVOKED: GroupStatus.CLOSED,
     EventType.GROUP_REOPENED: GroupStatus.OPEN,
     EventType.RESULT_AVAILABLE: GroupStatus.COMPLETED,
+    EventType.GROUP_SKIPPED: GroupStatus.SKIPPED,  # closed by time with too few contributors (docs/lifecycle.md)
 }
 
 
@@ -29,7 +30,7 @@ def group_state(events: Iterable[Event]) -> tuple[str, int, datetime | None]:
     for event in events:
         version = event.version
         status = STATUS_AFTER.get(event.type, status)
-        if event.type == EventType.GROUP_CLOSED:
+        if event.type in (EventType.GROUP_CLOSED, EventType.GROUP_SKIPPED):
             closed_at = event.at
         elif event.type == EventType.GROUP_REOPENED:
             closed_at = None

@@ -20,11 +20,12 @@ from uuid import UUID, uuid4
 from django.db import connection, transaction
 from django.utils import timezone
 
-from accounts.models import LatePolicy, Pool, User
+from accounts.models import LatePolicy, Pool, ShortRoundPolicy, User
 from batching import webhooks
 from batching.models import Group, GroupStatus, Lease, LeaseEnd, Result
 from batching.selectors import group_lineage, group_upload_counts, result_content_path
 from batching.windows import window_bounds
+from lifecycle.services import pool_bytes_add
 from poolhub.errors import BadRequest, Conflict, Forbidden, Unavailable
 from poolhub.filestore import Bucket, FileStoreError, StoredFile, file_delete, file_write, io_chunks
 from uploads.checks import timestamp_age_check
@@ -153,12 +154,12 @@ def _close_rules_on_commit(*, pool: Pool, group: Group) -> None:
     """Once the upload's transaction commits (so it counts), check the pool's close rules."""
     if pool.close_min_uploads is None and pool.close_min_contributors is None:
         return
-    from batching.tasks import check_close_rules  # late: tasks import this module
+    from batching import tasks  # late: tasks import this module
 
     group_id = str(group.id)
     # robust: the upload is committed; a broker that is down must not fail its request now
     # (beat's close of due windows still closes the group).
-    transaction.on_commit(lambda: check_close_rules.delay(group_id), robust=True)
+    transaction.on_commit(lambda: tasks.group_close_if_rules_met.delay(group_id), robust=True)
 
 
 # --- closing -----------------------------------------------------------------------------------
@@ -179,6 +180,43 @@ def group_close(*, group_id: UUID | str, reason: str) -> Group:
     return group
 
 
+def group_close_by_time(*, group_id: UUID | str, now: datetime | None = None) -> Group:
+    """Beat's close of a due window. A pool with `min_contributors` exports a window only when that
+    many distinct uploaders contributed; otherwise, by its `short_round_policy`, the window's
+    uploads roll into the next open window (`roll`) or stay (`skip`), and the group ends `skipped`
+    (`group.skipped`; no `group.closed`, no webhook, never exported)."""
+    with transaction.atomic():
+        group = _locked(group_id)
+        pool = group.pool
+        if group.status != GroupStatus.OPEN or pool.min_contributors is None:
+            contributors = None
+        else:
+            contributors = group.uploads.values("uploader_id").distinct().count()
+        if contributors is not None and pool.min_contributors is not None and contributors < pool.min_contributors:
+            return _group_skip(group=group, contributors=contributors, now=now or _now())
+    return group_close(group_id=group_id, reason="time")
+
+
+def _group_skip(*, group: Group, contributors: int, now: datetime) -> Group:
+    from uploads.services import upload_regroup  # late: uploads' services import this module
+
+    pool = group.pool
+    data: dict[str, Any] = {"group": str(group.id), "contributors": contributors,
+                            "min_contributors": pool.min_contributors, "policy": pool.short_round_policy}
+    if pool.short_round_policy == ShortRoundPolicy.ROLL:
+        target = _next_open_group(pool=pool, at=max(now, group.window_end), now=now)
+        for upload in list(group.uploads.all()):
+            upload_regroup(upload=upload, group=target, reason="rolled")
+        data["rolled_into"] = str(target.id)
+    group.status = GroupStatus.SKIPPED
+    group.hold_until = None
+    event = _append(group, EventType.GROUP_SKIPPED, data)
+    _closed_at(group, event.at)
+    logger.info("group %s skipped: %d of %s contributors (%s)", group.id, contributors, pool.min_contributors,
+                pool.short_round_policy)
+    return group
+
+
 def group_close_rules_met(*, group: Group, pool: Pool) -> bool:
     if pool.close_min_uploads is not None and group.uploads.count() >= pool.close_min_uploads:
         return True
@@ -189,7 +227,7 @@ def group_close_rules_met(*, group: Group, pool: Pool) -> bool:
     return False
 
 
-def group_check_close_rules(*, group_id: UUID | str) -> Group | None:
+def group_close_if_rules_met(*, group_id: UUID | str) -> Group | None:
     group = Group.objects.select_related("pool").filter(id=group_id).first()
     if group is None or group.status != GroupStatus.OPEN:
         return group
@@ -206,7 +244,7 @@ def groups_close_due(*, now: datetime | None = None) -> list[UUID]:
     candidates = list(Group.objects.filter(status=GroupStatus.OPEN, window_end__lte=now).select_related("pool"))
     for group in candidates:
         if group_is_due(group=group, pool=group.pool, now=now):
-            group_close(group_id=group.id, reason="time")
+            group_close_by_time(group_id=group.id, now=now)
             closed.append(group.id)
     ruled = Group.objects.filter(status=GroupStatus.OPEN).exclude(
         pool__close_min_uploads__isnull=True, pool__close_min_contributors__isnull=True
@@ -370,6 +408,7 @@ def _result_commit(*, group_id: UUID, lease_id: UUID, result_id: UUID, stored: S
             upload_ids=[str(upload_id) for upload_id in group_lineage(group=group)],
         )
         _lease_end(group=group, lease=lease, reason=LeaseEnd.COMPLETED, now=_now())
+        pool_bytes_add(pool_id=group.pool_id, size=result.size)
         group.status = GroupStatus.COMPLETED
         _append(group, EventType.RESULT_AVAILABLE, {
             "group": str(group.id), "result_id": str(result.id), "size": result.size, "sha256": result.sha256,

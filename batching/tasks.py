@@ -1,4 +1,4 @@
-"""Celery adapters for rounds: they take ids, re-fetch, and call one service."""
+"""Celery adapters for rounds: they take ids, re-fetch, and call one service, whose name each task bears."""
 
 from __future__ import annotations
 
@@ -11,24 +11,24 @@ from django.conf import settings
 from batching import services, webhooks
 
 
-@shared_task(name="batching.close_due_windows", acks_late=True, reject_on_worker_lost=True,
+@shared_task(name="batching.groups_close_due", acks_late=True, reject_on_worker_lost=True,
              soft_time_limit=120, time_limit=180)
-def close_due_windows() -> list[str]:
+def groups_close_due() -> list[str]:
     """Beat: close windows past their end plus grace (and groups whose close rule is met)."""
     return [str(group_id) for group_id in services.groups_close_due()]
 
 
-@shared_task(name="batching.expire_leases", acks_late=True, reject_on_worker_lost=True,
+@shared_task(name="batching.leases_expire", acks_late=True, reject_on_worker_lost=True,
              soft_time_limit=120, time_limit=180)
-def expire_leases() -> list[str]:
+def leases_expire() -> list[str]:
     """Beat: leases past their time end; their groups return to `closed`."""
     return [str(lease_id) for lease_id in services.leases_expire()]
 
 
-@shared_task(name="batching.check_close_rules", acks_late=True, reject_on_worker_lost=True,
+@shared_task(name="batching.group_close_if_rules_met", acks_late=True, reject_on_worker_lost=True,
              soft_time_limit=60, time_limit=90)
-def check_close_rules(group_id: str) -> None:
-    services.group_check_close_rules(group_id=group_id)
+def group_close_if_rules_met(group_id: str) -> None:
+    services.group_close_if_rules_met(group_id=group_id)
 
 
 def _backoff(retries: int) -> float:
@@ -37,9 +37,9 @@ def _backoff(retries: int) -> float:
     return min(base, 3600) * random.uniform(0.5, 1.0)
 
 
-@shared_task(bind=True, name="batching.deliver_webhook", acks_late=True, reject_on_worker_lost=True,
+@shared_task(bind=True, name="batching.webhook_deliver", acks_late=True, reject_on_worker_lost=True,
              soft_time_limit=60, time_limit=90)
-def deliver_webhook(self: Any, delivery_id: str) -> str:
+def webhook_deliver(self: Any, delivery_id: str) -> str:
     try:
         return webhooks.webhook_deliver(delivery_id=delivery_id)
     except webhooks.WebhookTransientError as exc:
@@ -49,8 +49,8 @@ def deliver_webhook(self: Any, delivery_id: str) -> str:
                          max_retries=settings.POOLHUB_WEBHOOK_MAX_ATTEMPTS) from exc
 
 
-@shared_task(name="batching.redrive_webhooks", acks_late=True, reject_on_worker_lost=True,
+@shared_task(name="batching.webhooks_redrive_stuck", acks_late=True, reject_on_worker_lost=True,
              soft_time_limit=60, time_limit=90)
-def redrive_webhooks() -> int:
+def webhooks_redrive_stuck() -> int:
     """Beat: re-send webhook deliveries whose task was lost."""
     return webhooks.webhooks_redrive_stuck()

@@ -145,10 +145,10 @@ def webhook_schedule(*, group: Group, event_seq: int, reason: str) -> WebhookDel
     payload["delivery_id"] = str(delivery.id)
     delivery.payload = payload
     delivery.save(update_fields=["payload"])
-    from batching.tasks import deliver_webhook  # late: tasks import services, which import this
+    from batching import tasks  # late: tasks import services, which import this
 
     delivery_id = str(delivery.id)
-    transaction.on_commit(lambda: deliver_webhook.delay(delivery_id))
+    transaction.on_commit(lambda: tasks.webhook_deliver.delay(delivery_id))
     return delivery
 
 
@@ -251,9 +251,9 @@ def webhook_redeliver(*, delivery_id: UUID | str) -> None:
     """Admin: try a delivery again, with a fresh set of attempts."""
     WebhookDelivery.objects.filter(id=delivery_id).update(status=WebhookDelivery.Status.PENDING, attempts=0,
                                                           last_error="", updated_at=timezone.now())
-    from batching.tasks import deliver_webhook
+    from batching import tasks
 
-    transaction.on_commit(lambda: deliver_webhook.delay(str(delivery_id)))
+    transaction.on_commit(lambda: tasks.webhook_deliver.delay(str(delivery_id)))
 
 
 def webhooks_redrive_stuck(*, older_than: timedelta | None = None) -> int:
@@ -269,13 +269,13 @@ def webhooks_redrive_stuck(*, older_than: timedelta | None = None) -> int:
                 | Q(status=WebhookDelivery.Status.SENDING, updated_at__lt=now - timedelta(seconds=CLAIM_SECONDS)))
 
     stuck = list(WebhookDelivery.objects.filter(stuck_filter()).values_list("id", flat=True)[:1000])
-    from batching.tasks import deliver_webhook
+    from batching import tasks
 
     sent = 0
     for delivery_id in stuck:
         taken = WebhookDelivery.objects.filter(stuck_filter(), id=delivery_id).update(
             status=WebhookDelivery.Status.PENDING, updated_at=timezone.now())
         if taken:
-            deliver_webhook.delay(str(delivery_id))
+            tasks.webhook_deliver.delay(str(delivery_id))
             sent += 1
     return sent

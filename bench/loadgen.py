@@ -17,8 +17,10 @@ import resource
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 from websockets.asyncio.client import ClientConnection, connect
 
@@ -48,11 +50,13 @@ def frame_field(frame: dict[str, Any], key: str) -> Any:
 
 
 class Subscriber:
-    """One websocket that records when each `result.available` (or bare broadcast) arrives."""
+    """One websocket that records when each `result.available` (or bare broadcast) arrives, and
+    the codes of any `error` frames the server sends it."""
 
     def __init__(self, socket: ClientConnection) -> None:
         self.socket = socket
         self.arrivals: dict[str, float] = {}
+        self.errors: list[str] = []
         self.events: asyncio.Event = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
         self.closed: str | None = None  # why the server closed it, if it did
@@ -74,6 +78,8 @@ class Subscriber:
                 frame = json.loads(raw)
             except ValueError:
                 continue
+            if isinstance(frame, dict) and frame.get("type") == "error":
+                self.errors.append(str(frame.get("code")))
             if isinstance(frame, dict) and frame.get("type") in ("result.available", "bare.broadcast"):
                 key = str(frame_field(frame, "group") or frame_field(frame, "marker"))
                 self.arrivals.setdefault(key, now)
@@ -94,6 +100,11 @@ class LoadGen:
                        name: str) -> bytes:
         body, content_type = multipart(
             {"timestamp": iso(timestamp), "sha256": hashlib.sha256(data).hexdigest()}, {"file": (name, data)})
+        if target == "tus-node":  # one POST with `creation-with-upload`: the whole file in the creation request
+            return request_bytes("POST", "/files", f"{self.host}:{self.ports[target]}", {
+                "Tus-Resumable": "1.0.0", "Upload-Length": str(len(data)),
+                "Upload-Metadata": tus_metadata({"filename": name, "timestamp": iso(timestamp)}),
+                "Content-Type": "application/offset+octet-stream"}, data)
         path = f"{API}/pools/{pool}/uploads" if target == "poolhub" else "/upload"
         headers = {"Authorization": f"Bearer {token}", "Content-Type": content_type}
         return request_bytes("POST", path, f"{self.host}:{self.ports[target]}", headers, body)
@@ -126,6 +137,33 @@ class LoadGen:
     async def cmd_setup(self, args: dict[str, Any]) -> dict[str, Any]:
         self.ports = {k: int(v) for k, v in args["ports"].items()}
         return {"ok": True}
+
+    async def cmd_tus_upload(self, args: dict[str, Any]) -> dict[str, Any]:
+        """One file the way tus-js-client and tuspy send it by default: a creation `POST` without
+        a body, then the whole file in one `PATCH` (their default chunk size is unlimited)."""
+        target, size = args["target"], int(args["size"])
+        data = bench_bytes(size, int(args.get("tag", 0)))
+        metadata = {"filename": "tus.bin", "timestamp": args["timestamp"], "sha256": hashlib.sha256(data).hexdigest()}
+        auth = {"Authorization": f"Bearer {args['token']}"} if target == "poolhub" else {}
+        path = f"{API}/pools/{args['pool']}/tus" if target == "poolhub" else "/files"
+        connection = self.conn(target)
+        try:
+            started = time.monotonic()
+            created = await connection.request("POST", path, headers={
+                **auth, "Tus-Resumable": "1.0.0", "Upload-Length": str(size),
+                "Upload-Metadata": tus_metadata(metadata)})
+            location = created.headers.get("location", "")
+            if created.status != 201 or not location:
+                return {"error": f"creation: {created.status} {created.body[:300]!r}"}
+            patched = await connection.request("PATCH", urlsplit(location).path, body=data,
+                                               content_type="application/offset+octet-stream",
+                                               headers={**auth, "Tus-Resumable": "1.0.0", "Upload-Offset": "0"})
+            elapsed = time.monotonic() - started
+        finally:
+            await connection.close()
+        if patched.status != 204:
+            return {"error": f"PATCH: {patched.status} {patched.body[:300]!r}"}
+        return {"elapsed": elapsed, "bytes": size, "upload_id": patched.headers.get("poolhub-upload-id")}
 
     async def cmd_ingest(self, args: dict[str, Any]) -> dict[str, Any]:
         """`count` files of `size` bytes over `concurrency` kept-alive connections, as fast as they go."""
@@ -250,7 +288,8 @@ class LoadGen:
         return {"latencies": latencies, "missing": missing}
 
     async def cmd_gridfs_put(self, args: dict[str, Any]) -> dict[str, Any]:
-        """Raw GridFS puts of `count` files of `size` bytes, one at a time, into the given bucket
+        """Raw GridFS puts of `count` files of `size` bytes (one at a time per thread; `threads`, 1 by
+        default), into the given bucket
         (the uploads bucket: the same state the store task writes into); removed afterwards."""
         import gridfs
         import pymongo
@@ -261,18 +300,24 @@ class LoadGen:
                                          chunk_size_bytes=int(args.get("chunk_size", 255 * 1024)))
             size = int(args["size"])
             block = os.urandom(size)
-            durations = []
-            ids = []
-            for index in range(int(args["count"])):
+            durations: list[float] = []
+            ids: list[Any] = []
+
+            def put(index: int) -> None:
                 data = f"raw {index}\n".encode() + block[: size - len(f"raw {index}\n")]
                 started = time.monotonic()
                 ids.append(bucket.upload_from_stream(f"raw-{index}", data))
                 durations.append(time.monotonic() - started)
+
+            began = time.monotonic()
+            with ThreadPoolExecutor(int(args.get("threads", 1))) as pool:
+                list(pool.map(put, range(int(args["count"]))))
+            elapsed = time.monotonic() - began
             for file_id in ids:
                 bucket.delete(file_id)
         finally:
             client.close()
-        return {"durations": durations}
+        return {"durations": durations, "elapsed": elapsed}
 
     async def cmd_gridfs_read(self, args: dict[str, Any]) -> dict[str, Any]:
         """Raw GridFS reads of the given files, chunk by chunk, bytes discarded."""
@@ -357,13 +402,81 @@ class LoadGen:
         return {"connected": len(subscribers), "failures": failures[:5], "failure_count": len(failures),
                 "elapsed": time.monotonic() - started}
 
+    async def cmd_ws_storm(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Open every socket at the same instant (devices coming back after a restart): each
+        connects and, for poolhub, authenticates with a `connect` frame. Seconds from the start to
+        each socket's `connected`; every refusal by its code; sockets the server closed."""
+        target, label = args["target"], args["label"]
+        tokens: list[str | None] = list(args.get("tokens") or [None] * int(args["count"]))
+        timeout = float(args.get("timeout", 300))
+        loop = asyncio.get_running_loop()
+        gate = asyncio.Event()
+        latencies: list[float] = []
+        refused: dict[str, int] = {}
+        failures: list[str] = []
+        subscribers: list[Subscriber] = []
+        started = 0.0
+
+        async def one(token: str | None) -> None:
+            await gate.wait()
+            try:
+                port = self.ports[target]
+                socket = await connect(f"ws://{self.host}:{port}/ws/", origin=f"http://{self.host}:{port}",  # type: ignore[arg-type]
+                                       compression=None, max_size=None, open_timeout=timeout, ping_interval=None)
+            except Exception as exc:
+                failures.append(f"{type(exc).__name__}: {exc}"[:200])
+                return
+            try:
+                if token is not None:
+                    await socket.send(json.dumps({"type": "connect", "access_token": token}))
+                    reply = await self.ws_expect(socket, {"connected"}, timeout=timeout)
+                    if reply.get("type") != "connected":
+                        refused[str(reply.get("code"))] = refused.get(str(reply.get("code")), 0) + 1
+                        await socket.close()
+                        return
+            except Exception as exc:  # closed by the server, or no answer in time
+                refused[type(exc).__name__] = refused.get(type(exc).__name__, 0) + 1
+                return
+            latencies.append(loop.time() - started)
+            subscriber = Subscriber(socket)
+            subscriber.task = asyncio.create_task(subscriber.listen())
+            subscribers.append(subscriber)
+
+        tasks = [asyncio.create_task(one(token)) for token in tokens]
+        await asyncio.sleep(0.5)  # every task is waiting at the gate
+        started = loop.time()
+        gate.set()
+        await asyncio.wait_for(asyncio.gather(*tasks), timeout + 60)
+        self.subscribers.setdefault(label, []).extend(subscribers)
+        return {"opened": len(tokens), "connected": len(subscribers), "latencies": latencies, "refused": refused,
+                "failures": failures[:5], "failure_count": len(failures)}
+
+    async def cmd_arrivals(self, args: dict[str, Any]) -> dict[str, Any]:
+        """When (monotonic clock, shared by the processes of this machine) each socket under
+        `label` got the broadcast `key`; every socket's server-sent error codes."""
+        subscribers = self.subscribers.get(args["label"], [])
+        deadline = time.monotonic() + float(args.get("timeout", 60))
+        key = args["key"]
+        while time.monotonic() < deadline and not all(key in s.arrivals for s in subscribers):
+            await asyncio.sleep(0.005)
+        closed = [s.closed for s in subscribers if s.closed and not s.closing]
+        return {"arrivals": [s.arrivals[key] for s in subscribers if key in s.arrivals],
+                "expected": len(subscribers), "closed_by_server": len(closed), "close_reasons": closed[:3],
+                "errors": [code for s in subscribers for code in s.errors]}
+
     async def cmd_ws_close(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Close the sockets under `label`; `abort`: drop their connections without a closing
+        handshake, as devices that vanish do."""
         subscribers = self.subscribers.pop(args["label"], [])
+        abort = bool(args.get("abort"))
 
         async def close_one(subscriber: Subscriber) -> None:
             subscriber.closing = True
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(subscriber.socket.close(), 5)
+                if abort:
+                    subscriber.socket.transport.abort()
+                else:
+                    await asyncio.wait_for(subscriber.socket.close(), 5)
             if subscriber.task is not None:
                 subscriber.task.cancel()
 
@@ -445,7 +558,7 @@ class LoadGen:
                 if response.status not in (200, 201):
                     raise RuntimeError(f"result post failed: {response.status} {response.body[:300]!r}")
             else:
-                key = f"m{time.monotonic_ns()}"
+                key = args.get("key") or f"m{time.monotonic_ns()}"
                 message = {"type": "bare.broadcast", "marker": key, "pool": "bare", "size": 4096,
                            "sha256": "0" * 64, "url": "/bare"}
                 started = loop.time()
@@ -455,6 +568,7 @@ class LoadGen:
             await connection.close()
         result = await self.wait_arrivals(label, key, started, float(args.get("timeout", 60)))
         result["post_seconds"] = post_seconds
+        result["started"] = started
         return result
 
     async def cmd_archive(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -581,6 +695,11 @@ async def serve() -> None:
             log(f"{name} failed: {exc!r}")
             reply = {"error": f"{type(exc).__name__}: {exc}"[:1000]}
         print(json.dumps(reply, default=str), flush=True)
+
+
+def tus_metadata(values: dict[str, str]) -> str:
+    """An `Upload-Metadata` header: `key base64(value)` pairs."""
+    return ",".join(f"{key} {base64.b64encode(value.encode()).decode()}" for key, value in values.items())
 
 
 def main() -> None:

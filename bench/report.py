@@ -160,7 +160,8 @@ def render(results: dict[str, Any], notes: str = "", history: Sequence[dict[str,
         "",
         "Written by `make bench` (bench/run.py) from the run described here; no number in this file is "
         "typed by hand. Each figure runs beside its raw baseline in the same run; medians of the runs with "
-        "min-max in brackets; ratios are computed per run (poolhub / baseline) and then summarised.",
+        "min-max in brackets; ratios are computed per run (poolhub / baseline) and then summarised. "
+        "How to run it and its knobs: bench/README.md.",
         "",
         f"- Run: {meta['started']} to {meta['finished']} ({fmt(meta['duration_s'])} s), {mode}.",
         f"- Code: commit `{meta['commit']}`" + (" with uncommitted changes in the working tree" if meta.get("dirty")

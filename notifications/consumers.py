@@ -1,4 +1,4 @@
-"""The websocket gateway at /ws/ (API.md, "Websocket"); docs/realtime.md describes the protocol.
+"""The websocket gateway at /ws/ (docs/api.md, "Websocket"); docs/realtime.md describes the protocol.
 
 One consumer per socket. It authenticates (a first `connect` frame, or `bearer.<token>` offered
 in `Sec-WebSocket-Protocol`), joins the channel-layer groups of its user (the user's own, the
@@ -44,6 +44,9 @@ BEARER_PREFIX = "bearer."
 CLOSE_UNAUTHENTICATED = 4401  # bad, expired, revoked or missing credentials
 CLOSE_AUTH_TIMEOUT = 4408  # no credentials within the deadline
 _DELIVERED_MEMORY = 10_000  # seqs remembered per socket, so a push and its replay arrive once
+_FRAME_STEPS = 8  # loop turns from a frame read off the socket to its handler (uvicorn, channels dispatch)
+_LATE_SECONDS = 0.5  # an auth deadline waking this late means the server, not the client, was slow
+_MAX_GRACE = 6  # at most this many auth windows more for a server that keeps running late
 
 
 def in_thread(func: Callable[..., T]) -> Callable[..., Awaitable[T]]:
@@ -132,7 +135,7 @@ class GatewayConsumer(AsyncJsonWebsocketConsumer):
             return  # refused and closing: frames already in flight change nothing
         try:
             content = json.loads(text_data) if text_data is not None else None
-        except ValueError:
+        except (ValueError, RecursionError):  # deep nesting too: `invalid`, never a crash
             content = None
         if not isinstance(content, dict):
             await self._send_error("invalid", "frames are JSON objects with a `type`", request_id=None)
@@ -174,6 +177,7 @@ class GatewayConsumer(AsyncJsonWebsocketConsumer):
             "write-chunk": self._on_write_chunk,
             "complete-upload": self._on_complete_upload,
             "get-transfer": self._on_get_transfer,
+            "abort-transfer": self._on_abort_transfer,
         }
 
     async def _on_connect(self, content: dict[str, Any]) -> dict[str, Any] | None:
@@ -226,6 +230,10 @@ class GatewayConsumer(AsyncJsonWebsocketConsumer):
             user=self._user(), frame=content, writers=self.writers)
         return {"type": "upload-accepted", "upload": upload}
 
+    async def _on_abort_transfer(self, content: dict[str, Any]) -> dict[str, Any]:
+        aborted = await in_thread(transfers.transfer_abort)(user=self._user(), frame=content, writers=self.writers)
+        return {"type": "transfer-aborted", **aborted}
+
     async def _on_get_transfer(self, content: dict[str, Any]) -> dict[str, Any]:
         state = await in_thread(transfers.transfer_status)(user=self._user(), frame=content)
         return {"type": "transfer", **state}
@@ -249,7 +257,8 @@ class GatewayConsumer(AsyncJsonWebsocketConsumer):
         await self.send_json(reply)
 
     async def _token_revoked(self) -> bool:
-        return bool(self.jti) and await gateway.jti_is_denied_async(jti=str(self.jti))
+        user_id = self.user.pk if self.user is not None else None
+        return bool(self.jti) and await gateway.jti_is_denied_async(jti=str(self.jti), user_id=user_id)
 
     def _set_timer(self, coroutine: Awaitable[None]) -> None:
         if self.timer is not None:
@@ -257,7 +266,23 @@ class GatewayConsumer(AsyncJsonWebsocketConsumer):
         self.timer = asyncio.ensure_future(coroutine)
 
     async def _auth_deadline(self) -> None:
-        await asyncio.sleep(_auth_seconds())
+        """Close a socket that sent no credentials in time. Time the server itself was too busy
+        to notice a frame (its event loop running late, as in a storm of reconnections) does not
+        count against the client: a late wake-up grants that much again, up to a limit."""
+        loop = asyncio.get_running_loop()
+        wait, granted = _auth_seconds(), 0.0
+        while True:
+            due = loop.time() + wait
+            await asyncio.sleep(wait)
+            for _ in range(_FRAME_STEPS):  # a frame the server has already read is handled first
+                await asyncio.sleep(0)
+            if self.user is not None:
+                return
+            late = loop.time() - due
+            if late < _LATE_SECONDS or granted >= _MAX_GRACE * _auth_seconds():
+                break
+            wait = late
+            granted += late
         if self.user is None:
             await self._refuse("not_authenticated", "no credentials within the time allowed", request_id=None,
                                close_code=CLOSE_AUTH_TIMEOUT)

@@ -38,10 +38,11 @@ def jti_is_denied(*, jti: str) -> bool:
         raise Unavailable("the token store is unavailable") from exc
 
 
-async def jti_is_denied_async(*, jti: str) -> bool:
-    """`jti_is_denied` on the event loop: the per-frame check costs one Redis round trip, no thread."""
+async def jti_is_denied_async(*, jti: str, user_id: object | None = None) -> bool:
+    """`jti_is_denied` on the event loop: the per-frame check costs one Redis round trip, no thread
+    (and covers the user's deactivation too, given `user_id`)."""
     try:
-        return await access_token_is_denied_async(jti=jti)
+        return await access_token_is_denied_async(jti=jti, user_id=user_id)
     except redis.RedisError as exc:
         raise Unavailable("the token store is unavailable") from exc
 

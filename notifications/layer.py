@@ -9,13 +9,20 @@ ends with the process's connection. So no group can hold a channel whose socket 
 crashed web process leaves nothing behind. Each layer uses two Redis connections per process (one
 subscribed, one to publish), never one per socket or per call.
 
-Added here: each socket's queue is bounded (`capacity`). A socket that stops reading loses its
-oldest pushes, which `resume` replays from the event log, instead of growing the process's memory.
+Added here:
+- each socket's queue is bounded (`capacity`). A socket that stops reading loses its oldest
+  pushes, which `resume` replays from the event log, instead of growing the process's memory;
+- leaving cannot leak a subscription: the library awaits the `UNSUBSCRIBE` in the leaving
+  socket's task, so a socket cancelled while leaving (a server shutting down, thousands leaving
+  at once behind the connection's lock) left the process subscribed, or logged a traceback. Here
+  the unsubscribe runs in a task of its own, and a group that gained a member meanwhile is
+  subscribed again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 from channels_redis.core import BoundedQueue
@@ -23,16 +30,54 @@ from channels_redis.pubsub import RedisPubSubChannelLayer, RedisPubSubLoopLayer
 from channels_redis.utils import _wrap_close  # the library's own per-loop cleanup hook
 
 DEFAULT_CAPACITY = 1000
+logger = logging.getLogger(__name__)
 
 
 class _BoundedLoopLayer(RedisPubSubLoopLayer):
     def __init__(self, *args: Any, capacity: int = DEFAULT_CAPACITY, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.capacity = capacity
+        self.leaving: set[asyncio.Task[None]] = set()  # unsubscribes under way (a reference keeps each alive)
 
     async def _subscribe_to_channel(self, channel: str) -> None:
         self.channels[channel] = BoundedQueue(self.capacity)
         await self._get_shard(channel).subscribe(channel)
+
+    async def receive(self, channel: str) -> Any:
+        if channel not in self.channels:
+            await self._subscribe_to_channel(channel)
+        try:
+            message = await self.channels[channel].get()
+        except (TimeoutError, asyncio.CancelledError, GeneratorExit):
+            # Channels cancels the receive when the socket's consumer ends: its channel goes.
+            if self.channels.pop(channel, None) is not None:
+                self._unsubscribe(channel)
+            raise
+        return self.channel_layer.deserialize(message)
+
+    async def group_discard(self, group: str, channel: str) -> None:
+        name = self._get_group_channel_name(group)
+        members = self.groups.get(name)
+        if not members or channel not in members:
+            return
+        members.discard(channel)
+        if not members:
+            del self.groups[name]
+            self._unsubscribe(name)
+
+    def _unsubscribe(self, name: str) -> None:
+        task = asyncio.ensure_future(self._unsubscribe_unused(name))
+        self.leaving.add(task)
+        task.add_done_callback(self.leaving.discard)
+
+    async def _unsubscribe_unused(self, name: str) -> None:
+        shard = self._get_shard(name)
+        try:
+            await shard.unsubscribe(name)
+            if name in self.groups:  # a socket joined while this was queued: stay subscribed
+                await shard.subscribe(name)
+        except Exception as exc:  # Redis gone: the subscription ends with the connection anyway
+            logger.warning("unsubscribing from %s failed: %s", name, exc)
 
 
 class PubSubChannelLayer(RedisPubSubChannelLayer):

@@ -18,6 +18,7 @@ from uuid import UUID
 from channels.layers import get_channel_layer
 
 from notifications.selectors import notification_audience, notification_for_event, user_group
+from poolhub.metrics import observe_publish
 from uploads.models import Event
 
 logger = logging.getLogger(__name__)
@@ -60,6 +61,7 @@ def _group_send(group: str, message: dict[str, Any]) -> None:
         logger.warning("websocket push to %s failed; clients catch up with resume", group, exc_info=True)
 
 
+@observe_publish  # counts uploads, groups and results by event type; times the fan-out
 def event_publish(*, event: Event) -> None:
     """Push a committed event to the sockets that should see it: one group_send per audience
     group (the uploader's, the admins', or the pool's), never one per member. The frame's text

@@ -10,14 +10,15 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "poolhub.settings")
 django_asgi_app = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
 from notifications.routing import websocket_urlpatterns  # noqa: E402
+from poolhub.logs import RequestContext  # noqa: E402
+from poolhub.origins import TokenClientOriginValidator  # noqa: E402
 from uploads.asgi import BodyLimit  # noqa: E402
 
-application = ProtocolTypeRouter(
+application = RequestContext(ProtocolTypeRouter(  # request ids in logs and responses, open sockets counted
     {
         "http": BodyLimit(django_asgi_app),  # 413 before any oversized body is read, on every endpoint
-        "websocket": AllowedHostsOriginValidator(URLRouter(websocket_urlpatterns)),
+        "websocket": TokenClientOriginValidator(URLRouter(websocket_urlpatterns)),
     }
-)
+))

@@ -33,7 +33,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any
 
 from django.core.handlers.asgi import ASGIRequest
-from django.http import HttpResponseBase, JsonResponse, StreamingHttpResponse
+from django.http import HttpResponse, HttpResponseBase, JsonResponse, StreamingHttpResponse
 from django.utils.http import content_disposition_header
 from werkzeug.http import parse_if_range_header, parse_range_header
 
@@ -106,6 +106,24 @@ class _AsyncBody(_Body):
         return chunk
 
 
+def _attachment_headers(response: HttpResponseBase, *, length: int, filename: str,
+                        headers: Mapping[str, str] | None) -> None:
+    response["Content-Length"] = str(length)
+    response["Content-Disposition"] = content_disposition_header(True, filename) or "attachment"
+    response["X-Content-Type-Options"] = "nosniff"
+    response["Content-Security-Policy"] = SANDBOX
+    response["Cache-Control"] = "private, no-store"
+    for name, value in (headers or {}).items():
+        response[name] = value
+
+
+def _head(*, length: int, filename: str, content_type: str, status: int,
+          headers: Mapping[str, str] | None) -> HttpResponse:
+    response = HttpResponse(content_type=content_type, status=status)
+    _attachment_headers(response, length=length, filename=filename, headers=headers)
+    return response
+
+
 def streamed_download(*, request: Any, source: Iterator[bytes], length: int, filename: str, content_type: str,
                       status: int = 200, headers: Mapping[str, str] | None = None) -> StreamingHttpResponse:
     """A streamed attachment of `length` bytes from `source` (closed when done), for a DRF or
@@ -114,13 +132,7 @@ def streamed_download(*, request: Any, source: Iterator[bytes], length: int, fil
     body: _SyncBody | _AsyncBody = (
         _AsyncBody(source, length) if isinstance(raw, ASGIRequest) else _SyncBody(source, length))
     response = StreamingHttpResponse(body, content_type=content_type, status=status)
-    response["Content-Length"] = str(length)
-    response["Content-Disposition"] = content_disposition_header(True, filename) or "attachment"
-    response["X-Content-Type-Options"] = "nosniff"
-    response["Content-Security-Policy"] = SANDBOX
-    response["Cache-Control"] = "private, no-store"
-    for name, value in (headers or {}).items():
-        response[name] = value
+    _attachment_headers(response, length=length, filename=filename, headers=headers)
     return response
 
 
@@ -166,9 +178,13 @@ def ranged_download(*, request: Any, length: int, etag: str, read: Callable[[int
             response[name] = value
         return response
     if span is None:
-        return streamed_download(request=request, source=read(0, length), length=length, filename=filename,
-                                 content_type=content_type, headers=common)
-    start, stop = span
+        start, stop, status = 0, length, 200
+    else:
+        start, stop = span
+        status = 206
+        common["Content-Range"] = f"bytes {start}-{stop - 1}/{length}"
+    if raw.method == "HEAD":  # the same headers, and nothing read from the source
+        return _head(length=stop - start, filename=filename, content_type=content_type, status=status,
+                     headers=common)
     return streamed_download(request=request, source=read(start, stop), length=stop - start, filename=filename,
-                             content_type=content_type, status=206,
-                             headers={**common, "Content-Range": f"bytes {start}-{stop - 1}/{length}"})
+                             content_type=content_type, status=status, headers=common)

@@ -52,6 +52,12 @@ class Conflict(ApiError):
     default_detail = "the current state does not allow this"
 
 
+class Gone(ApiError):
+    status_code = 410
+    default_code = "gone"
+    default_detail = "this content is no longer kept"
+
+
 class Unavailable(ApiError):
     status_code = 503
     default_code = "unavailable"

@@ -13,22 +13,30 @@ so and stops the rest cleanly (a service manager restarts the whole stack).
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 
 from poolhub.embedded import EmbeddedService, private_child, private_dir, start_filestore, start_redis
 
 BASE_DIR = Path(__file__).resolve().parent.parent
+BIN_DIR = Path(sys.executable).parent
 
 
 def log(message: str) -> None:
-    print(f"[poolhub] {message}", flush=True)
+    if os.environ.get("LOG_FORMAT") == "json":  # the same one-object-per-line shape as the children
+        print(json.dumps({"ts": datetime.now(UTC).isoformat(), "level": "INFO", "logger": "poolhub.launcher",
+                          "message": message}), flush=True)
+    else:
+        print(f"[poolhub] {message}", flush=True)
 
 
 def ensure_local_secret_key(var_dir: Path) -> Path:
@@ -44,8 +52,11 @@ def ensure_local_secret_key(var_dir: Path) -> Path:
 
 
 class Stack:
-    def __init__(self) -> None:
-        self.env = dict(os.environ)
+    """The processes of one stack; `make bench` reuses it, with its children's output in log files."""
+
+    def __init__(self, env: dict[str, str] | None = None, log_dir: Path | None = None) -> None:
+        self.env = dict(os.environ if env is None else env)
+        self.log_dir = log_dir
         self.var_dir = Path(self.env.get("POOLHUB_VAR_DIR") or BASE_DIR / "var")
         self.env["POOLHUB_VAR_DIR"] = str(self.var_dir)
         self.embedded: list[EmbeddedService] = []
@@ -76,9 +87,18 @@ class Stack:
         subprocess.run([sys.executable, "manage.py", *args], cwd=BASE_DIR, env=self.env, check=True,
                        preexec_fn=private_child, start_new_session=True)
 
-    def spawn(self, name: str, args: list[str]) -> None:
-        self.children[name] = subprocess.Popen(args, cwd=BASE_DIR, env=self.env, preexec_fn=private_child,
-                                               stdin=subprocess.DEVNULL, start_new_session=True)
+    def spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
+        """Start a child; with `log_dir`, its output goes to `<name>.log` there."""
+        out = open(self.log_dir / f"{name}.log", "ab") if self.log_dir else None  # noqa: SIM115 - closed below
+        try:
+            child = subprocess.Popen(args, cwd=BASE_DIR, env=self.env, preexec_fn=private_child,
+                                     stdin=subprocess.DEVNULL, start_new_session=True, stdout=out,
+                                     stderr=subprocess.STDOUT if out else None)
+        finally:
+            if out is not None:
+                out.close()  # the child holds its own copy
+        self.children[name] = child
+        return child
 
     def web_proxy_args(self) -> list[str]:
         """X-Forwarded-For and -Proto are believed only from the proxies the operator names in
@@ -98,25 +118,50 @@ class Stack:
                 return f"the embedded {service.label} exited with code {service.process.returncode}"
         return None
 
+    def metrics_dir(self) -> None:
+        """Every web and worker process writes its metrics here (prometheus_client's multiprocess
+        mode); it must start empty, or a dead process's counts would be served again."""
+        path = Path(self.env.get("PROMETHEUS_MULTIPROC_DIR") or self.var_dir / "prometheus")
+        shutil.rmtree(path, ignore_errors=True)
+        path.mkdir(parents=True)
+        self.env["PROMETHEUS_MULTIPROC_DIR"] = str(path)
+
+    def quiet(self) -> list[str]:
+        return ["--quiet"] if self.env.get("LOG_FORMAT") == "json" else []  # no banner among JSON lines
+
+    def web_args(self, app: str = "poolhub.asgi:application", processes: int = 1) -> list[str]:
+        """The ASGI server's command line (`make bench` serves its bare baseline app with the same)."""
+        args = [str(BIN_DIR / "uvicorn"), app, "--host", self.env.get("HOST", "127.0.0.1"),
+                "--port", self.env.get("PORT", "8000"), "--ws", "websockets-sansio", "--lifespan", "off",
+                "--no-server-header", *self.web_proxy_args(), "--timeout-graceful-shutdown", "10",
+                "--log-level", self.env.get("UVICORN_LOG_LEVEL", "info")]
+        return [*args, "--workers", str(processes)] if processes > 1 else args
+
     def start_processes(self) -> None:
-        host = self.env.get("HOST", "127.0.0.1")
-        port = self.env.get("PORT", "8000")
-        bin_dir = Path(sys.executable).parent
-        # WEB_CONCURRENCY web processes on one socket (uvicorn's --workers), default one per core,
-        # and as many worker processes unless CELERY_CONCURRENCY says otherwise.
-        web_processes = self.env.get("WEB_CONCURRENCY") or str(os.cpu_count() or 1)
-        self.spawn("web", [str(bin_dir / "uvicorn"), "poolhub.asgi:application", "--host", host, "--port", port,
-                           "--workers", web_processes,
-                           "--ws", "websockets-sansio", "--lifespan", "off", "--no-server-header",
-                           *self.web_proxy_args(), "--timeout-graceful-shutdown", "10", "--log-level",
-                           self.env.get("UVICORN_LOG_LEVEL", "info")])
-        log(f"web (ASGI: API, websockets, admin) on http://{host}:{port}/, {web_processes} process(es)")
-        concurrency = self.env.get("CELERY_CONCURRENCY") or web_processes
-        self.spawn("worker", [str(bin_dir / "celery"), "-A", "celery_app", "worker", "--loglevel", "INFO",
-                              "--concurrency", concurrency, "--prefetch-multiplier", "1", "-Q",
-                              self.env.get("CELERY_QUEUE", "poolhub"), "--hostname", f"poolhub@{os.uname()[1]}"])
+        self.metrics_dir()
+        self.start_web(processes=self.web_processes())
+        self.start_worker()
+        self.start_beat()
+
+    def web_processes(self) -> int:
+        """WEB_CONCURRENCY web processes on one port (uvicorn's --workers), default one per core."""
+        return int(self.env.get("WEB_CONCURRENCY") or os.cpu_count() or 1)
+
+    def start_web(self, processes: int = 1) -> None:
+        self.spawn("web", self.web_args(processes=processes))
+        log(f"web (ASGI: API, websockets, admin) on http://{self.env.get('HOST', '127.0.0.1')}:"
+            f"{self.env.get('PORT', '8000')}/, {processes} process(es)")
+
+    def start_worker(self, loglevel: str = "INFO") -> None:
+        concurrency = self.env.get("CELERY_CONCURRENCY") or str(self.web_processes())  # matches the web
+        queue = self.env.get("CELERY_QUEUE", "poolhub")
+        self.spawn("worker", [str(BIN_DIR / "celery"), "-A", "celery_app", *self.quiet(), "worker", "--loglevel",
+                              loglevel, "--concurrency", concurrency, "--prefetch-multiplier", "1", "-Q", queue,
+                              "--hostname", f"{queue}@{os.uname()[1]}"])
         log(f"Celery worker ({concurrency} processes)")
-        self.spawn("beat", [str(bin_dir / "celery"), "-A", "celery_app", "beat", "--loglevel", "INFO",
+
+    def start_beat(self) -> None:
+        self.spawn("beat", [str(BIN_DIR / "celery"), "-A", "celery_app", *self.quiet(), "beat", "--loglevel", "INFO",
                             "--schedule", str(self.var_dir / "celerybeat-schedule")])
         log("Celery beat")
 

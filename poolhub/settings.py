@@ -181,13 +181,15 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {}
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 # Rounds (batching): close due windows and end expired leases every few seconds.
 POOLHUB_ROUNDS_BEAT_SECONDS = env_int("POOLHUB_ROUNDS_BEAT_SECONDS", 10)
-CELERY_BEAT_SCHEDULE["batching.close_due_windows"] = {
-    "task": "batching.close_due_windows", "schedule": float(POOLHUB_ROUNDS_BEAT_SECONDS),
+CELERY_BEAT_SCHEDULE["batching.groups_close_due"] = {
+    "task": "batching.groups_close_due", "schedule": float(POOLHUB_ROUNDS_BEAT_SECONDS),
 }
-CELERY_BEAT_SCHEDULE["batching.expire_leases"] = {
-    "task": "batching.expire_leases", "schedule": float(POOLHUB_ROUNDS_BEAT_SECONDS),
+CELERY_BEAT_SCHEDULE["batching.leases_expire"] = {
+    "task": "batching.leases_expire", "schedule": float(POOLHUB_ROUNDS_BEAT_SECONDS),
 }
-CELERY_BEAT_SCHEDULE["batching.redrive_webhooks"] = {"task": "batching.redrive_webhooks", "schedule": 300.0}
+CELERY_BEAT_SCHEDULE["batching.webhooks_redrive_stuck"] = {
+    "task": "batching.webhooks_redrive_stuck", "schedule": 300.0,
+}
 POOLHUB_WEBHOOK_TIMEOUT_SECONDS = env_int("POOLHUB_WEBHOOK_TIMEOUT_SECONDS", 10)
 POOLHUB_WEBHOOK_MAX_ATTEMPTS = env_int("POOLHUB_WEBHOOK_MAX_ATTEMPTS", 8)
 POOLHUB_WEBHOOK_BACKOFF_SECONDS = env_int("POOLHUB_WEBHOOK_BACKOFF_SECONDS", 5)
@@ -197,18 +199,21 @@ REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["accounts.authentication.DenylistJWTAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_PARSER_CLASSES": [
-        "rest_framework.parsers.JSONParser",
+        "poolhub.parsers.JSONParser",  # deep nesting: 400, not RecursionError
         "rest_framework.parsers.MultiPartParser",
         "rest_framework.parsers.FormParser",
     ],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "EXCEPTION_HANDLER": "poolhub.errors.api_exception_handler",
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    "DEFAULT_SCHEMA_CLASS": "poolhub.openapi.PoolhubAutoSchema",
+    "DEFAULT_PAGINATION_CLASS": "poolhub.pagination.Pagination",  # limit and offset bounded
     "PAGE_SIZE": 100,
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
     "DEFAULT_THROTTLE_RATES": {
         "auth": env_str("THROTTLE_AUTH", "30/min"),
+        # Login: requests per address, high enough for a fleet behind one NAT; failures are limited
+        # per account and per address apart (accounts/login_guard.py).
+        "login": env_str("THROTTLE_LOGIN", "1200/min"),
         # Refresh tokens cannot be guessed, and a fleet behind one NAT refreshes often: its own rate.
         "refresh": env_str("THROTTLE_REFRESH", "600/min"),
         "uploads": env_str("THROTTLE_UPLOADS", "600/min"),
@@ -224,6 +229,10 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "SCHEMA_PATH_PREFIX": "/api/v1",
+    # Request and response shapes are separate components, so file fields are binary in requests.
+    "COMPONENT_SPLIT_REQUEST": True,
+    # JSON bodies, as the contract says; multipart endpoints (uploads, batches, results) say so themselves.
+    "PARSER_WHITELIST": ["rest_framework.parsers.JSONParser"],
     # The docs page's assets are served from this server (no CDN): it works offline.
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
@@ -281,8 +290,8 @@ CELERY_BEAT_SCHEDULE["staging_reconcile"] = {"task": "staging_reconcile", "sched
 # Websocket gateway (docs/realtime.md): auth deadline, chunk size, idle transfers expire (bytes dropped).
 POOLHUB_WS_AUTH_SECONDS = env_int("POOLHUB_WS_AUTH_SECONDS", 10)
 POOLHUB_WS_CHUNK_BYTES = env_int("POOLHUB_WS_CHUNK_BYTES", 512 * 1024)
-POOLHUB_WS_TRANSFER_TTL_SECONDS = env_int("POOLHUB_WS_TRANSFER_TTL_SECONDS", 3600)
-POOLHUB_WS_MAX_OPEN_TRANSFERS = env_int("POOLHUB_WS_MAX_OPEN_TRANSFERS", 32)
+POOLHUB_WS_TRANSFER_TTL_SECONDS = env_int("POOLHUB_WS_TRANSFER_TTL_SECONDS", 300)  # idle: released
+POOLHUB_WS_MAX_OPEN_TRANSFERS = env_int("POOLHUB_WS_MAX_OPEN_TRANSFERS", 8)
 POOLHUB_WS_RESYNC_SECONDS = env_int("POOLHUB_WS_RESYNC_SECONDS", 600)  # an open socket re-reads its pools
 CELERY_BEAT_SCHEDULE["transfers_expire"] = {"task": "transfers_expire", "schedule": 60.0}
 FILE_UPLOAD_MAX_MEMORY_SIZE = 256 * 1024
@@ -344,6 +353,8 @@ POOLHUB_PURGE_BATCH = env_int("POOLHUB_PURGE_BATCH", 200)
 POOLHUB_PURGE_MAX_BATCHES = env_int("POOLHUB_PURGE_MAX_BATCHES", 50)
 # A failed upload's staged bytes are kept for re-drive this many days, then released (0: never).
 POOLHUB_FAILED_UPLOAD_KEEP_DAYS = env_int("POOLHUB_FAILED_UPLOAD_KEEP_DAYS", 14)
+CELERY_BEAT_SCHEDULE["lifecycle.purge_expired"] = {"task": "lifecycle.purge_expired",
+                                                   "schedule": float(POOLHUB_PURGE_INTERVAL_SECONDS)}
 
 # --- harden (docs/configuration.md "Security and limits") -----------------------------------
 # Webhooks call public addresses only; a trusted network (or the test suite) may allow private ones.
@@ -359,9 +370,52 @@ POOLHUB_MAX_RESULT_BYTES = env_int("POOLHUB_MAX_RESULT_BYTES", 64 * 1024 * 1024)
 # Files larger than this go from the web page over the resumable path (tus where the server has it,
 # else the websocket transfer verbs) instead of one multipart POST.
 POOLHUB_WEB_LARGE_FILE_BYTES = env_int("POOLHUB_WEB_LARGE_FILE_BYTES", 8 * 1024 * 1024)
+# 0: the page sends them over the socket transfer verbs even where the tus endpoint exists
+# (say, behind a proxy that refuses PATCH).
+POOLHUB_WEB_TUS = env_bool("POOLHUB_WEB_TUS", True)
 # whitenoise also serves files the staticfiles finders find (poolhub/static), so the page works from
 # a checkout that never ran collectstatic (`make run`, the browser tests); collected files still win.
 WHITENOISE_USE_FINDERS = True
+# Failed logins (accounts/login_guard.py): per account and per address, in fixed windows.
+POOLHUB_LOGIN_FAILURES_PER_ACCOUNT = env_int("POOLHUB_LOGIN_FAILURES_PER_ACCOUNT", 10)
+POOLHUB_LOGIN_FAILURES_PER_ADDRESS = env_int("POOLHUB_LOGIN_FAILURES_PER_ADDRESS", 100)
+POOLHUB_LOGIN_FAILURE_WINDOW_SECONDS = env_int("POOLHUB_LOGIN_FAILURE_WINDOW_SECONDS", 900)
+MIDDLEWARE.insert(MIDDLEWARE.index("django.contrib.auth.middleware.AuthenticationMiddleware") + 1,
+                  "accounts.login_guard.AdminLoginGuard")  # the admin's login page: the same counters
+AUTH_PASSWORD_VALIDATORS.append({"NAME": "accounts.validators.NotOnlyWhitespaceValidator"})
+
+# Production over TLS: browsers remember to use https only (HSTS, sent on secure requests), and
+# behind a TLS-terminating proxy that sets X-Forwarded-Proto, requests are known to be secure.
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31536000 if PRODUCTION else 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+if env_bool("POOLHUB_TLS_PROXY", PRODUCTION):
+    # Only safe when the proxy overwrites the header: a client could otherwise claim https.
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# One user's websocket transfers (uploads/transfer_limits.py): the bytes their declared sizes may
+# reserve of the staging budget (and POOLHUB_WS_MAX_OPEN_TRANSFERS of them); past either, 503 staging_full.
+POOLHUB_USER_STAGING_BYTES = env_int("POOLHUB_USER_STAGING_BYTES", 256 * 1024 * 1024)
+# --- files (docs/configuration.md "Files: downloads and tus") ---------------------------------
+# A tus upload idle this long expires (Upload-Expires) and its staged bytes are released.
+POOLHUB_TUS_EXPIRY_SECONDS = env_int("POOLHUB_TUS_EXPIRY_SECONDS", 6 * 3600)
+# One user's unfinished tus uploads: how many, and how many bytes their declared lengths add up to.
+POOLHUB_TUS_USER_MAX_UPLOADS = env_int("POOLHUB_TUS_USER_MAX_UPLOADS", 32)
+POOLHUB_TUS_USER_MAX_BYTES = env_int("POOLHUB_TUS_USER_MAX_BYTES", 512 * 1024 * 1024)
+# Origins (scheme://host[:port]) of web pages served elsewhere that may call the tus endpoints.
+POOLHUB_TUS_CORS_ORIGINS = env_list("POOLHUB_TUS_CORS_ORIGINS", [])
+CELERY_BEAT_SCHEDULE["tus_uploads_expire"] = {"task": "tus_uploads_expire", "schedule": 300.0}
+
+# --- ops: logs and metrics (docs/operations.md "Logs" and "Metrics") ---------------------------
+from poolhub.logs import logging_config  # noqa: E402
+
+# `json`: one JSON object per line (the image, compose and Kubernetes set it); `text` for a terminal.
+LOG_FORMAT = env_str("LOG_FORMAT", "text")
+if LOG_FORMAT not in ("json", "text"):
+    raise ImproperlyConfiguredEnv(f"LOG_FORMAT must be json or text, got {LOG_FORMAT!r}")
+LOGGING = logging_config(fmt=LOG_FORMAT, level=env_str("LOG_LEVEL", "INFO"))
+# GET /metrics answers these networks, or `Authorization: Bearer METRICS_TOKEN`; 404 to anyone else.
+METRICS_ALLOWED_CIDRS = env_list("METRICS_ALLOWED_CIDRS", ["127.0.0.0/8", "::1/128"])
+METRICS_TOKEN = env_optional("METRICS_TOKEN")
+MIDDLEWARE = ["poolhub.metrics.MetricsMiddleware", *MIDDLEWARE]
 
 # --- ingest (docs/configuration.md "Ingest") -------------------------------------------------
 # The store hand-off: the committed `cached` rows are the outbox, a kick is sent after commit and

@@ -46,7 +46,8 @@ def _routed(path: str) -> bool:
 
 
 def page_features() -> list[str]:
-    return [name for name, path in OPTIONAL_ENDPOINTS.items() if _routed(path)]
+    off = set() if settings.POOLHUB_WEB_TUS else {"tus"}
+    return [name for name, path in OPTIONAL_ENDPOINTS.items() if name not in off and _routed(path)]
 
 
 @require_safe

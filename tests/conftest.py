@@ -10,7 +10,7 @@ from django.core.cache import cache
 from rest_framework.test import APIClient
 
 from accounts.models import Membership, Pool, Role, User
-from accounts.tokens import token_pair_for
+from accounts.tokens import token_pair_issue
 from poolhub.redis import redis_client
 
 PASSWORD = "correct-horse-battery-staple"
@@ -86,7 +86,7 @@ def api() -> Callable[[User | None], APIClient]:
     def build(user: User | None = None) -> APIClient:
         client = APIClient()
         if user is not None:
-            client.credentials(HTTP_AUTHORIZATION=f"Bearer {token_pair_for(user=user)['access']}")
+            client.credentials(HTTP_AUTHORIZATION=f"Bearer {token_pair_issue(user=user)['access']}")
         return client
 
     return build

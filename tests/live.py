@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import httpx
 from django.db import connection
@@ -38,14 +39,17 @@ def child_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def start_web(env: dict[str, str] | None = None, *, port: int | None = None) -> tuple[subprocess.Popen[bytes], str]:
-    """uvicorn on `port` (a free one by default; a fixed one restarts a server in place)."""
+def start_web(env: dict[str, str] | None = None, *, port: int | None = None, log_level: str = "warning",
+              output: IO[bytes] | None = None) -> tuple[subprocess.Popen[bytes], str]:
+    """uvicorn on `port` (a free one by default; a fixed one restarts a server in place); its log
+    lines to `output` (both streams) when given."""
     port = port or free_port()
     process = subprocess.Popen(
         [str(BIN / "uvicorn"), "poolhub.asgi:application", "--host", "127.0.0.1", "--port", str(port),
-         "--ws", "websockets-sansio", "--lifespan", "off", "--log-level", "warning",
+         "--ws", "websockets-sansio", "--lifespan", "off", "--log-level", log_level,
          "--timeout-graceful-shutdown", "2"],
-        cwd=BASE_DIR, env=env or child_env(), start_new_session=True,
+        cwd=BASE_DIR, env=env or child_env(), start_new_session=True, stdout=output,
+        stderr=subprocess.STDOUT if output else None,
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
@@ -62,13 +66,14 @@ def start_web(env: dict[str, str] | None = None, *, port: int | None = None) -> 
     raise RuntimeError("the ASGI server did not answer within 30s")
 
 
-def start_worker(env: dict[str, str] | None = None, *, concurrency: int = 1) -> subprocess.Popen[bytes]:
+def start_worker(env: dict[str, str] | None = None, *, concurrency: int = 1, log_level: str = "WARNING",
+                 output: IO[bytes] | None = None) -> subprocess.Popen[bytes]:
     env = env or child_env()
     process = subprocess.Popen(
-        [str(BIN / "celery"), "-A", "celery_app", "worker", "--loglevel", "WARNING", "--pool", "prefork",
+        [str(BIN / "celery"), "-A", "celery_app", "--quiet", "worker", "--loglevel", log_level, "--pool", "prefork",
          "--concurrency", str(concurrency), "-Q", env["CELERY_QUEUE"], "--without-gossip", "--without-mingle",
          "--hostname", f"test-{os.getpid()}-{time.monotonic_ns()}@%h"],
-        cwd=BASE_DIR, env=env, start_new_session=True,
+        cwd=BASE_DIR, env=env, start_new_session=True, stdout=output, stderr=subprocess.STDOUT if output else None,
     )
     time.sleep(0.5)
     if process.poll() is not None:

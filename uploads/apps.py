@@ -12,6 +12,7 @@ class UploadsConfig(AppConfig):
 
     def ready(self) -> None:
         checks.register(staging_eviction_check, "poolhub")
+        from uploads.api import schema  # noqa: F401  registers the OpenAPI description of the upload views
 
 
 def staging_eviction_check(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:

@@ -6,7 +6,10 @@ clean up (discard the staged bytes) and let the error propagate.
 Content types are decided from the bytes, never from the file name or the client's header:
 `filetype` recognises binary formats by their magic numbers, and `content_type_detect` adds what
 it does not know: Mach-O executables and text that a browser or a shell would run (shebang
-scripts, PHP, HTML, JavaScript, Python, batch files).
+scripts, PHP, HTML, JavaScript, Python, batch files). Script markers are looked for whatever
+signature comes first (`GIF89a<?php ...` is PHP, not an image: a polyglot is refused by the same
+rules as the script it carries), and for files with no binary signature the name decides too:
+a `.vbs`, `.ps1`, `.bat` or `.js` file is a script even where its text cannot tell.
 """
 
 from __future__ import annotations
@@ -41,6 +44,9 @@ SCRIPT_TYPES = frozenset({
     "application/javascript",
     "text/x-python",
     "application/x-bat",
+    "application/x-vbscript",
+    "application/x-powershell",
+    "application/x-wsh",  # Windows Script Host: JScript or VBScript driving WScript.Shell
 })
 REFUSED_BY_DEFAULT = EXECUTABLE_TYPES | SCRIPT_TYPES
 
@@ -57,6 +63,30 @@ _PY_START = re.compile(rb"^(?:from\s+[\w.]+\s+import\s|import\s+[\w.]+\s*(?:$|\n
                        rb"class\s+\w+\s*[(:]|if\s+__name__\s*==)")
 _COMMENT_LINES = re.compile(rb"^(?:#[^\n]*\n\s*)+")
 _BAT_START = re.compile(rb"^(?:@?echo\s+off|::|rem\s)", re.IGNORECASE)
+# Markers that make a file a script wherever they appear in its head, after any signature.
+_EMBEDDED_SCRIPTS = (
+    (b"<?php", "application/x-php"),
+    (b"<script", "text/html"),
+    (b"wscript.", "application/x-wsh"),
+    (b"activexobject", "application/x-wsh"),
+    (b"createobject(", "application/x-wsh"),
+    (b"invoke-expression", "application/x-powershell"),
+    (b"downloadstring(", "application/x-powershell"),
+    (b"-encodedcommand", "application/x-powershell"),
+)
+# Script types by name, for text the content alone cannot tell from prose.
+_SCRIPT_EXTENSIONS = {
+    **dict.fromkeys(["js", "mjs", "cjs", "jse"], "application/javascript"),
+    **dict.fromkeys(["vbs", "vbe", "vb"], "application/x-vbscript"),
+    **dict.fromkeys(["wsf", "wsh", "wsc", "sct"], "application/x-wsh"),
+    **dict.fromkeys(["ps1", "psm1", "psd1", "ps1xml"], "application/x-powershell"),
+    **dict.fromkeys(["bat", "cmd"], "application/x-bat"),
+    **dict.fromkeys(["py", "pyw"], "text/x-python"),
+    **dict.fromkeys(["sh", "bash", "zsh", "ksh", "csh", "command"], "text/x-shellscript"),
+    **dict.fromkeys(["php", "phtml", "php3", "php4", "php5", "phar"], "application/x-php"),
+    **dict.fromkeys(["html", "htm", "xhtml", "hta", "shtml"], "text/html"),
+    "svg": "image/svg+xml",
+}
 
 
 class FileTooLarge(ApiError):
@@ -136,20 +166,38 @@ def _script_type(text: bytes) -> str | None:
     return None
 
 
-def content_type_detect(head: bytes) -> str:
-    """The content type of a file, from its first bytes (up to HEAD_BYTES)."""
+def _embedded_script(head: bytes) -> str | None:
+    lowered = head.lower()
+    return next((kind for marker, kind in _EMBEDDED_SCRIPTS if marker in lowered), None)
+
+
+def _script_by_name(filename: str | None) -> str | None:
+    name = (filename or "").replace("\\", "/").rsplit("/", 1)[-1].strip().rstrip(".").lower()
+    return _SCRIPT_EXTENSIONS.get(name.rsplit(".", 1)[-1]) if "." in name else None
+
+
+def content_type_detect(head: bytes, *, filename: str | None = None) -> str:
+    """The content type of a file, from its first bytes (up to HEAD_BYTES) and, for files with no
+    binary signature, its name when that names a script."""
     head = head[:HEAD_BYTES]
     if head[:4] in _MACHO_MAGIC or head[:4] == _FAT_MACHO:
         return "application/x-mach-binary"
     kind = filetype.guess(head) if head else None
+    if kind is not None and kind.mime in EXECUTABLE_TYPES:
+        return str(kind.mime)
+    embedded = _embedded_script(head)
+    if embedded is not None:
+        return embedded
     if kind is not None:
         return str(kind.mime)
     text = _text_head(head)
-    if text is None:
-        return "application/octet-stream"
-    script = _script_type(text)
+    script = _script_type(text) if text is not None else None
+    if script is None:
+        script = _script_by_name(filename)
     if script is not None:
         return script
+    if text is None:
+        return "application/octet-stream"
     if text[:1] in (b"{", b"["):
         return "application/json"
     if text.startswith(b"<?xml") or text.startswith(b"<"):

@@ -24,6 +24,7 @@ class EventType(StrEnum):
     GROUP_LEASE_EXPIRED = "group.lease_expired"
     GROUP_LEASE_REVOKED = "group.lease_revoked"
     GROUP_REOPENED = "group.reopened"
+    GROUP_SKIPPED = "group.skipped"  # closed by time with too few contributors
     RESULT_AVAILABLE = "result.available"
 
 

@@ -21,7 +21,7 @@ class Event(models.Model):
     seq = models.BigAutoField(primary_key=True)
     # The writing transaction's id (pg_current_xact_id()); null on SQLite and for older rows.
     txid = models.BigIntegerField(null=True, blank=True, editable=False)
-    stream_type = models.CharField(max_length=16)  # "upload", "group", "result"
+    stream_type = models.CharField(max_length=16)  # "upload" or "group"
     stream_id = models.UUIDField()
     version = models.PositiveIntegerField()
     type = models.CharField(max_length=40)

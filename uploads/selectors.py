@@ -13,6 +13,7 @@ from django.db.models.expressions import RawSQL
 
 from accounts.models import Role, User
 from accounts.selectors import pool_access, user_is_admin
+from lifecycle.selectors import upload_content_check
 from poolhub.errors import NotFound
 from poolhub.filestore import Bucket, file_chunks
 from uploads.events import SEQ_PER_TRANSACTION
@@ -102,6 +103,7 @@ def upload_content(*, upload: Upload, start: int = 0, end: int | None = None) ->
 
     Raises poolhub.filestore.FileMissing (or StagingMissing) before the first byte when neither has them.
     """
+    upload_content_check(upload=upload)  # 410 once purged, released or discarded
     end = upload.size if end is None else end
     if upload.status != UploadStatus.STORED and staging_exists(key=upload.staging_key):
         return _staged_then_stored(upload=upload, start=start, end=end)

@@ -35,6 +35,7 @@ from django.utils import timezone
 from accounts.models import Pool, User
 from batching.models import Group
 from batching.services import group_for_upload
+from lifecycle.services import upload_admit
 from poolhub.errors import ApiError, Conflict, NotFound
 from poolhub.filestore import Bucket, FileToWrite, StoredFile, file_delete, file_intact, file_write, files_write
 from poolhub.redis import redis_client
@@ -112,6 +113,7 @@ def upload_accept(*, pool: Pool, uploader: User, staged: StagedFile, timestamp: 
                         status=UploadStatus.CACHED, attempts=0)
         try:
             with transaction.atomic():
+                upload_admit(pool=pool, uploader=uploader, group=group, size=upload.size)  # cap and quota
                 _append(upload, EventType.UPLOAD_CACHED, group=str(group.id), size=upload.size, sha256=upload.sha256)
                 upload.save(force_insert=True)
         except IntegrityError:  # a concurrent request accepted the same file first

@@ -237,7 +237,8 @@ class StagingWriter:
 
     def _check_type(self) -> None:
         self._type_checked = True
-        content_type_check(content_type=content_type_detect(bytes(self._head)), allowed_types=self.allowed_types)
+        content_type_check(content_type=content_type_detect(bytes(self._head), filename=self.filename),
+                           allowed_types=self.allowed_types)
 
     def finish(self) -> StagedFile:
         """Flush, check emptiness and type, and record the file's facts beside its bytes."""
@@ -249,7 +250,8 @@ class StagingWriter:
             self._check_type()
         self.flush()
         staged = StagedFile(key=self.key, size=self.size, sha256=self.sha256,
-                            content_type=content_type_detect(bytes(self._head)), filename=self.filename)
+                            content_type=content_type_detect(bytes(self._head), filename=self.filename),
+                            filename=self.filename)
         if self.stage:
             redis_client().hset(_meta_key(self.key), mapping={
                 "size": staged.size, "sha256": staged.sha256, "content_type": staged.content_type,

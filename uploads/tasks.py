@@ -10,7 +10,7 @@ from typing import Any
 from celery import shared_task
 from django.conf import settings
 
-from uploads import services, staging, transfers
+from uploads import services, staging, transfers, tus
 from uploads.services import StoreOutcome
 
 
@@ -61,3 +61,9 @@ def staging_reconcile() -> int:
 def transfers_expire() -> int:
     """Beat: websocket transfers idle past their deadline lose their staged bytes."""
     return transfers.transfers_expire()
+
+
+@shared_task(name="tus_uploads_expire", acks_late=True, soft_time_limit=120, time_limit=180)
+def tus_uploads_expire() -> int:
+    """Beat: drop tus uploads idle past their Upload-Expires, releasing their staged bytes."""
+    return tus.tus_uploads_expire()

@@ -1,4 +1,4 @@
-"""Chunked uploads over the websocket: `start-transfer`, `write-chunk`, `complete-upload`.
+"""Chunked uploads over the websocket: `start-transfer`, `write-chunk`, `complete-upload`, `abort-transfer`.
 
 The bytes go through the same `StagingWriter` (size, type, hash, staging budget) and the same
 `upload_accept` as a REST upload, after the same checks (`uploads.checks`), so every refusal has
@@ -16,8 +16,8 @@ import base64
 import binascii
 import secrets
 import time
-from collections.abc import Iterator, MutableMapping
-from contextlib import contextmanager, suppress
+from collections.abc import Callable, MutableMapping
+from contextlib import AbstractContextManager
 from typing import Any
 
 import redis
@@ -36,8 +36,10 @@ from uploads.checks import (
     size_check,
     timestamp_parse,
 )
+from uploads.resumable import deadlines_due, writer_lock
 from uploads.services import upload_accept
 from uploads.staging import StagingWriter, staging_drop, staging_size
+from uploads.transfer_limits import transfer_release, transfer_reserve
 
 PREFIX = "poolhub:ws:transfer:"
 DEADLINES = PREFIX + "deadlines"  # sorted set: transfer id -> unix time it expires at
@@ -83,10 +85,6 @@ def _int_field(frame: dict[str, Any], name: str) -> int:
     return value
 
 
-def max_open() -> int:
-    return int(settings.POOLHUB_WS_MAX_OPEN_TRANSFERS)
-
-
 def _user_key(user_id: Any) -> str:
     """The user's open transfers (id -> deadline): a cap on how many one user may hold."""
     return f"{PREFIX}user:{user_id}"
@@ -100,11 +98,6 @@ def _touch(client: redis.Redis, transfer_id: str, user_id: Any) -> None:
     client.zadd(_user_key(user_id), {transfer_id: deadline})
     client.expire(_user_key(user_id), ttl * 2)
     client.expire(_state_key(transfer_id), ttl * 2)  # a backstop; the sweep removes it first
-
-
-def _open_count(client: redis.Redis, user_id: Any) -> int:
-    client.zremrangebyscore(_user_key(user_id), "-inf", time.time())
-    return int(client.zcard(_user_key(user_id)))
 
 
 # --- start ------------------------------------------------------------------------------------
@@ -124,9 +117,7 @@ def transfer_start(*, user: User, frame: dict[str, Any]) -> dict[str, Any]:
     transfers_expire()
     transfer_id = secrets.token_hex(16)
     client = redis_client()
-    if _open_count(client, user.pk) >= max_open():
-        raise Conflict(f"you have {max_open()} transfers open: complete or abandon one first",
-                       details={"open_transfers": max_open()})
+    transfer_reserve(user_id=user.pk, transfer_id=transfer_id, size=size)  # per-user caps: 503 staging_full
     try:
         client.hset(_state_key(transfer_id), mapping={
             "user": str(user.pk), "pool": str(pool.pk), "size": size, "timestamp": timestamp.isoformat(),
@@ -154,17 +145,10 @@ def _state(*, user: User, transfer_id: Any) -> dict[str, str]:
     return state
 
 
-@contextmanager
-def _locked(transfer_id: str) -> Iterator[None]:
+def _locked(transfer_id: str) -> AbstractContextManager[Callable[[], None]]:
     """One writer per transfer at a time, even across sockets and replicas."""
-    lock = redis_client().lock(f"{PREFIX}{transfer_id}:lock", timeout=60, blocking=False)
-    if not lock.acquire():
-        raise Conflict("another write to this transfer is in progress", details={"transfer_id": transfer_id})
-    try:
-        yield
-    finally:
-        with suppress(redis.exceptions.LockError):  # it outlived its timeout: nothing left to release
-            lock.release()
+    return writer_lock(name=f"{PREFIX}{transfer_id}:lock", busy=lambda: Conflict(
+        "another write to this transfer is in progress", details={"transfer_id": transfer_id}))
 
 
 def _writer(*, transfer_id: str, state: dict[str, str], writers: Writers) -> StagingWriter:
@@ -187,6 +171,7 @@ def transfer_drop(*, transfer_id: str) -> None:
     owner = client.hget(_state_key(transfer_id), "user")
     if owner is not None:
         client.zrem(_user_key(_text(owner)), transfer_id)
+        transfer_release(user_id=_text(owner), transfer_id=transfer_id)
     client.delete(_state_key(transfer_id))
     client.zrem(DEADLINES, transfer_id)
 
@@ -283,8 +268,20 @@ def transfer_complete(*, user: User, frame: dict[str, Any], writers: Writers) ->
         client.delete(_state_key(transfer_id))  # the staged bytes now belong to the upload
         client.zrem(DEADLINES, transfer_id)
         client.zrem(_user_key(user.pk), transfer_id)
+        transfer_release(user_id=user.pk, transfer_id=transfer_id)
         writers.pop(transfer_id, None)
     return body
+
+
+def transfer_abort(*, user: User, frame: dict[str, Any], writers: Writers) -> dict[str, Any]:
+    """`abort-transfer`: the user gives up; its staged bytes and its reservation are released."""
+    transfer_id = frame.get("transfer_id")
+    _state(user=user, transfer_id=transfer_id)  # 404 unless it is this user's open transfer
+    assert isinstance(transfer_id, str)
+    with _locked(transfer_id):
+        writers.pop(transfer_id, None)
+        transfer_drop(transfer_id=transfer_id)
+    return {"transfer_id": transfer_id}
 
 
 def _already_completed(*, user: User, transfer_id: Any) -> dict[str, Any] | None:
@@ -307,8 +304,7 @@ def _already_completed(*, user: User, transfer_id: Any) -> dict[str, Any] | None
 
 def transfers_expire(*, now: float | None = None, limit: int = 1000) -> int:
     """Drop transfers idle past their deadline, with their staged bytes. Returns how many."""
-    client = redis_client()
-    expired = client.zrangebyscore(DEADLINES, "-inf", now if now is not None else time.time(), start=0, num=limit)
-    for raw in expired:
-        transfer_drop(transfer_id=_text(raw))
+    expired = deadlines_due(key=DEADLINES, now=now, limit=limit)
+    for transfer_id in expired:
+        transfer_drop(transfer_id=transfer_id)
     return len(expired)

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any, cast
 from uuid import UUID
 
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
@@ -17,7 +18,6 @@ from accounts import selectors, services
 from accounts.api.serializers import (
     AuthOutput,
     CredentialsInput,
-    ErrorOutput,
     LogoutInput,
     MemberRoleInput,
     MemberSerializer,
@@ -26,13 +26,17 @@ from accounts.api.serializers import (
     PoolSerializer,
     ProvisionInput,
     ProvisionOutput,
+    ProvisionSchemaInput,
     RefreshInput,
+    SignupInput,
     TokenPairOutput,
     UserOutput,
     ValidateOutput,
 )
+from accounts.login_guard import request_address
 from accounts.models import Role, User
 from poolhub.errors import Forbidden
+from poolhub.openapi import error_responses
 from poolhub.throttling import process_cache
 from uploads.idempotency import idempotency_key_parse
 
@@ -47,6 +51,13 @@ class AuthThrottle(SimpleRateThrottle):
         return self.cache_format % {"scope": self.scope, "ident": self.get_ident(request)}
 
 
+class LoginThrottle(AuthThrottle):
+    """Per client address, high enough for a fleet behind one NAT (failures are limited apart, per
+    account and per address: accounts.login_guard); it only bounds the password-hashing cost."""
+
+    scope = "login"
+
+
 class RefreshThrottle(AuthThrottle):
     """Per client address too, at a rate that lets many clients behind one NAT keep their sessions."""
 
@@ -58,9 +69,6 @@ def _valid(serializer_class: type[Any], data: Any, **kwargs: Any) -> dict[str, A
     serializer.is_valid(raise_exception=True)
     return cast(dict[str, Any], serializer.validated_data)
 
-
-def _errors(*statuses: int) -> dict[int, type[ErrorOutput]]:
-    return dict.fromkeys(statuses, ErrorOutput)
 
 
 def _pool_context(user: User, roles: dict[Any, str] | None = None) -> dict[str, Any]:
@@ -78,23 +86,25 @@ class SignupApi(APIView):
     authentication_classes: list[Any] = []
     throttle_classes = [AuthThrottle]
 
-    @extend_schema(request=CredentialsInput, responses={201: AuthOutput, **_errors(400, 409, 429)}, auth=[])
+    @extend_schema(request=SignupInput, responses={201: AuthOutput, **error_responses(400, 409, 429)}, auth=[])
     def post(self, request: Request) -> Response:
         data = _valid(CredentialsInput, request.data)
         services.user_signup(username=data["username"], password=data["password"])
-        user, tokens = services.user_login(username=data["username"], password=data["password"])
+        user, tokens = services.user_login(username=data["username"], password=data["password"],
+                                           address=request_address(request))
         return Response({"user": UserOutput(user).data, **tokens}, status=status.HTTP_201_CREATED)
 
 
 class LoginApi(APIView):
     permission_classes = [AllowAny]
     authentication_classes: list[Any] = []
-    throttle_classes = [AuthThrottle]
+    throttle_classes = [LoginThrottle]
 
-    @extend_schema(request=CredentialsInput, responses={200: AuthOutput, **_errors(400, 401, 429)}, auth=[])
+    @extend_schema(request=CredentialsInput, responses={200: AuthOutput, **error_responses(400, 401, 429)}, auth=[])
     def post(self, request: Request) -> Response:
         data = _valid(CredentialsInput, request.data)
-        user, tokens = services.user_login(username=data["username"], password=data["password"])
+        user, tokens = services.user_login(username=data["username"], password=data["password"],
+                                           address=request_address(request))
         return Response({"user": UserOutput(user).data, **tokens})
 
 
@@ -103,14 +113,14 @@ class RefreshApi(APIView):
     authentication_classes: list[Any] = []
     throttle_classes = [RefreshThrottle]
 
-    @extend_schema(request=RefreshInput, responses={200: TokenPairOutput, **_errors(400, 401, 429)}, auth=[])
+    @extend_schema(request=RefreshInput, responses={200: TokenPairOutput, **error_responses(400, 401, 429)}, auth=[])
     def post(self, request: Request) -> Response:
         data = _valid(RefreshInput, request.data)
         return Response(services.token_refresh(refresh=data["refresh"]))
 
 
 class LogoutApi(APIView):
-    @extend_schema(request=LogoutInput, responses={204: None, **_errors(400, 401)})
+    @extend_schema(request=LogoutInput, responses={204: None, **error_responses(400, 401)})
     def post(self, request: Request) -> Response:
         data = _valid(LogoutInput, request.data)
         services.user_logout(user=_user(request), access=cast(Any, request.auth), refresh=data.get("refresh") or None)
@@ -122,7 +132,7 @@ class PasswordChangeApi(APIView):
 
     throttle_classes = [AuthThrottle]
 
-    @extend_schema(request=PasswordChangeInput, responses={200: TokenPairOutput, **_errors(400, 401, 429)})
+    @extend_schema(request=PasswordChangeInput, responses={200: TokenPairOutput, **error_responses(400, 401, 429)})
     def post(self, request: Request) -> Response:
         data = _valid(PasswordChangeInput, request.data)
         tokens = services.user_password_change(
@@ -132,7 +142,7 @@ class PasswordChangeApi(APIView):
 
 
 class ValidateApi(APIView):
-    @extend_schema(responses={200: ValidateOutput, **_errors(401)})
+    @extend_schema(responses={200: ValidateOutput, **error_responses(401)})
     def get(self, request: Request) -> Response:
         user = _user(request)
         roles = selectors.pool_roles_for_user(user=user)
@@ -144,14 +154,14 @@ class ValidateApi(APIView):
 
 
 class PoolListCreateApi(APIView):
-    @extend_schema(responses={200: PoolOutput(many=True), **_errors(401)})
+    @extend_schema(responses={200: PoolOutput(many=True), **error_responses(401)})
     def get(self, request: Request) -> Response:
         user = _user(request)
         pools = selectors.pool_list(user=user)
         roles = selectors.pool_roles_for_user(user=user)
         return Response(PoolOutput(pools, many=True, context=_pool_context(user, roles)).data)
 
-    @extend_schema(request=PoolSerializer, responses={201: PoolOutput, **_errors(400, 401, 403, 409)})
+    @extend_schema(request=PoolSerializer, responses={201: PoolOutput, **error_responses(400, 401, 403, 409)})
     def post(self, request: Request) -> Response:
         user = _user(request)
         if not selectors.user_is_admin(user=user):
@@ -162,13 +172,13 @@ class PoolListCreateApi(APIView):
 
 
 class PoolDetailApi(APIView):
-    @extend_schema(responses={200: PoolOutput, **_errors(401, 404)})
+    @extend_schema(responses={200: PoolOutput, **error_responses(401, 404)})
     def get(self, request: Request, pool_id: UUID) -> Response:
         user = _user(request)
         pool = selectors.pool_access(user=user, pool_id=pool_id)
         return Response(PoolOutput(pool, context=_pool_context(user)).data)
 
-    @extend_schema(request=PoolSerializer, responses={200: PoolOutput, **_errors(400, 401, 403, 404, 409)})
+    @extend_schema(request=PoolSerializer, responses={200: PoolOutput, **error_responses(400, 401, 403, 404, 409)})
     def patch(self, request: Request, pool_id: UUID) -> Response:
         user = _user(request)
         pool = selectors.pool_access(user=user, pool_id=pool_id, roles=[Role.MANAGER])
@@ -178,12 +188,13 @@ class PoolDetailApi(APIView):
 
 
 class MemberListApi(APIView):
-    @extend_schema(responses={200: MemberSerializer(many=True), **_errors(401, 404)})
+    @extend_schema(responses={200: MemberSerializer(many=True), **error_responses(401, 404)})
     def get(self, request: Request, pool_id: UUID) -> Response:
         pool = selectors.pool_access(user=_user(request), pool_id=pool_id)
         return Response(MemberSerializer(selectors.pool_member_list(pool=pool), many=True).data)
 
-    @extend_schema(request=MemberSerializer, responses={201: MemberSerializer, **_errors(400, 401, 403, 404, 409)})
+    @extend_schema(request=MemberSerializer,
+                   responses={201: MemberSerializer, **error_responses(400, 401, 403, 404, 409)})
     def post(self, request: Request, pool_id: UUID) -> Response:
         pool = selectors.pool_access(user=_user(request), pool_id=pool_id, roles=[Role.MANAGER])
         data = _valid(MemberSerializer, request.data)
@@ -192,14 +203,15 @@ class MemberListApi(APIView):
 
 
 class MemberDetailApi(APIView):
-    @extend_schema(request=MemberRoleInput, responses={200: MemberSerializer, **_errors(400, 401, 403, 404)})
+    patch_is_partial = False  # PATCH sets the role: the body is whole (see poolhub.openapi)
+    @extend_schema(request=MemberRoleInput, responses={200: MemberSerializer, **error_responses(400, 401, 403, 404)})
     def patch(self, request: Request, pool_id: UUID, username: str) -> Response:
         pool = selectors.pool_access(user=_user(request), pool_id=pool_id, roles=[Role.MANAGER])
         data = _valid(MemberRoleInput, request.data)
         membership = services.pool_member_update(pool=pool, username=username, role=data["role"])
         return Response(MemberSerializer(membership).data)
 
-    @extend_schema(responses={204: None, **_errors(401, 403, 404)})
+    @extend_schema(responses={204: None, **error_responses(401, 403, 404)})
     def delete(self, request: Request, pool_id: UUID, username: str) -> Response:
         pool = selectors.pool_access(user=_user(request), pool_id=pool_id, roles=[Role.MANAGER])
         services.pool_member_remove(pool=pool, username=username)
@@ -213,7 +225,11 @@ class MemberProvisionApi(APIView):
     and DELETE still work here.
     """
 
-    @extend_schema(request=ProvisionInput, responses={201: ProvisionOutput, **_errors(400, 401, 403, 404, 409)})
+    @extend_schema(request=ProvisionSchemaInput,
+                   responses={201: ProvisionOutput, **error_responses(400, 401, 403, 404, 409, 503)},
+                   parameters=[OpenApiParameter("Idempotency-Key", OpenApiTypes.STR, OpenApiParameter.HEADER,
+                                                description="the same key and body return the first response "
+                                                            "again and create nothing")])
     def post(self, request: Request, pool_id: UUID) -> Response:
         user = _user(request)
         pool = selectors.pool_access(user=user, pool_id=pool_id, roles=[Role.MANAGER])
@@ -227,8 +243,10 @@ class MemberProvisionApi(APIView):
             response["Idempotent-Replayed"] = "true"
         return response
 
+    @extend_schema(exclude=True)  # documented once, as PATCH /pools/{pool}/members/{username}
     def patch(self, request: Request, pool_id: UUID) -> Response:
         return MemberDetailApi().patch(request, pool_id=pool_id, username="provision")
 
+    @extend_schema(exclude=True)
     def delete(self, request: Request, pool_id: UUID) -> Response:
         return MemberDetailApi().delete(request, pool_id=pool_id, username="provision")

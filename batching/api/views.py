@@ -13,7 +13,6 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from accounts.api.serializers import ErrorOutput
 from accounts.models import Role, User
 from accounts.selectors import pool_access, user_is_admin
 from batching import services
@@ -30,17 +29,16 @@ from batching.archive import archive_read, group_archive
 from batching.models import LeaseEnd
 from batching.selectors import group_get_for, group_list, result_get_for, result_latest
 from batching.webhooks import webhook_send_test
+from lifecycle.selectors import group_archive_check, result_content_check
 from poolhub.downloads import ranged_download
 from poolhub.errors import BadRequest, Conflict, Unavailable
 from poolhub.filestore import Bucket, FileStoreError, file_open, file_read
+from poolhub.openapi import error_responses
 from uploads.checks import max_result_bytes_for, size_check
 
 EXPORT_ROLES = [Role.EXPORTER]
 CLOSE_ROLES = [Role.MANAGER, Role.EXPORTER]
 
-
-def _errors(*statuses: int) -> dict[int, type[ErrorOutput]]:
-    return dict.fromkeys(statuses, ErrorOutput)
 
 
 BINARY = {(200, "application/octet-stream"): OpenApiTypes.BINARY,
@@ -66,7 +64,8 @@ def _group_output(group_id: UUID, user: User) -> dict[str, Any]:
 
 
 class GroupListApi(APIView):
-    @extend_schema(parameters=[GroupListInput], responses={200: GroupOutput(many=True), **_errors(400, 401, 404)})
+    @extend_schema(parameters=[GroupListInput],
+                   responses={200: GroupOutput(many=True), **error_responses(400, 401, 404)})
     def get(self, request: Request, pool_id: UUID) -> Response:
         pool = pool_access(user=_user(request), pool_id=pool_id)
         data = _valid(GroupListInput, request.query_params)
@@ -74,13 +73,13 @@ class GroupListApi(APIView):
 
 
 class GroupDetailApi(APIView):
-    @extend_schema(responses={200: GroupOutput, **_errors(401, 404)})
+    @extend_schema(responses={200: GroupOutput, **error_responses(401, 404)})
     def get(self, request: Request, group_id: UUID) -> Response:
         return Response(GroupOutput(group_get_for(user=_user(request), group_id=group_id)).data)
 
 
 class GroupCloseApi(APIView):
-    @extend_schema(request=None, responses={200: GroupOutput, **_errors(401, 403, 404)})
+    @extend_schema(request=None, responses={200: GroupOutput, **error_responses(401, 403, 404)})
     def post(self, request: Request, group_id: UUID) -> Response:
         group = group_get_for(user=_user(request), group_id=group_id, roles=CLOSE_ROLES)
         services.group_close(group_id=group.id, reason="trigger")
@@ -88,7 +87,7 @@ class GroupCloseApi(APIView):
 
 
 class GroupClaimApi(APIView):
-    @extend_schema(request=None, responses={200: LeaseOutput, **_errors(401, 403, 404, 409)})
+    @extend_schema(request=None, responses={200: LeaseOutput, **error_responses(401, 403, 404, 409)})
     def post(self, request: Request, group_id: UUID) -> Response:
         group = group_get_for(user=_user(request), group_id=group_id, roles=EXPORT_ROLES)
         lease = services.group_claim(group_id=group.id, exporter=_user(request))
@@ -99,7 +98,7 @@ class GroupArchiveApi(APIView):
     @extend_schema(parameters=[OpenApiParameter("lease", OpenApiTypes.UUID, required=True), *RANGE_HEADERS],
                    responses={(200, "application/x-tar"): OpenApiTypes.BINARY,
                               (206, "application/x-tar"): OpenApiTypes.BINARY,
-                              **_errors(400, 401, 403, 404, 409, 416, 503)})
+                              **error_responses(400, 401, 403, 404, 409, 416, 503)})
     def get(self, request: Request, group_id: UUID) -> HttpResponseBase:
         user = _user(request)
         group = group_get_for(user=user, group_id=group_id, roles=EXPORT_ROLES)
@@ -107,6 +106,7 @@ class GroupArchiveApi(APIView):
         lease = services.lease_check(group=group, lease_id=data["lease"], user=user, is_admin=user_is_admin(user=user))
         if lease.end_reason == LeaseEnd.COMPLETED:
             raise Conflict("the result for this lease is in; claim the group again to export it again")
+        group_archive_check(group=group)  # 410 once any of its uploads was purged
         archive = group_archive(group=group)
         return ranged_download(request=request, length=archive.length, etag=archive.etag,
                                read=lambda start, stop: archive_read(archive, start, stop),
@@ -115,7 +115,8 @@ class GroupArchiveApi(APIView):
 
 class GroupResultApi(APIView):
     @extend_schema(request={"multipart/form-data": ResultInput},
-                   responses={201: ResultOutput, 200: ResultOutput, **_errors(400, 401, 403, 404, 409, 413, 503)})
+                   responses={201: ResultOutput, 200: ResultOutput,
+                              **error_responses(400, 401, 403, 404, 409, 413, 503)})
     def post(self, request: Request, group_id: UUID) -> Response:
         user = _user(request)
         group = group_get_for(user=user, group_id=group_id, roles=EXPORT_ROLES)
@@ -135,29 +136,30 @@ class GroupResultApi(APIView):
 class PoolWebhookTestApi(APIView):
     """POST /pools/{pool}/webhook/test: one signed `webhook.test` call now; what the receiver answered."""
 
-    @extend_schema(request=None, responses={200: WebhookTestOutput, **_errors(400, 401, 403, 404, 409)})
+    @extend_schema(request=None, responses={200: WebhookTestOutput, **error_responses(400, 401, 403, 404, 409)})
     def post(self, request: Request, pool_id: UUID) -> Response:
         pool = pool_access(user=_user(request), pool_id=pool_id, roles=[Role.MANAGER])
         return Response(WebhookTestOutput(webhook_send_test(pool=pool)).data)
 
 
 class ResultLatestApi(APIView):
-    @extend_schema(responses={200: ResultOutput, **_errors(401, 404)})
+    @extend_schema(responses={200: ResultOutput, **error_responses(401, 404)})
     def get(self, request: Request, pool_id: UUID) -> Response:
         pool = pool_access(user=_user(request), pool_id=pool_id)
         return Response(ResultOutput(result_latest(pool=pool)).data)
 
 
 class ResultDetailApi(APIView):
-    @extend_schema(responses={200: ResultOutput, **_errors(401, 404)})
+    @extend_schema(responses={200: ResultOutput, **error_responses(401, 404)})
     def get(self, request: Request, result_id: UUID) -> Response:
         return Response(ResultOutput(result_get_for(user=_user(request), result_id=result_id)).data)
 
 
 class ResultContentApi(APIView):
-    @extend_schema(parameters=RANGE_HEADERS, responses={**BINARY, **_errors(401, 404, 416, 503)})
+    @extend_schema(parameters=RANGE_HEADERS, responses={**BINARY, **error_responses(401, 404, 416, 503)})
     def get(self, request: Request, result_id: UUID) -> HttpResponseBase:
         result = result_get_for(user=_user(request), result_id=result_id)
+        result_content_check(result=result)  # 410 once purged
         try:  # opened before the response starts, so a missing file is a 503, not a truncated body
             stored = file_open(bucket=Bucket.RESULTS, file_id=result.id)
         except FileStoreError as exc:

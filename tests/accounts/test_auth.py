@@ -1,4 +1,4 @@
-"""The auth flows of API.md (signup, login, refresh, logout, validate) and their bad inputs."""
+"""The auth flows of docs/api.md (signup, login, refresh, logout, validate) and their bad inputs."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The IAM matrix: every persona against every pool endpoint of API.md.
+"""The IAM matrix: every persona against every pool endpoint of docs/api.md.
 
 Non-members get 404 `not_found` (a pool they are not in looks exactly like one that does not
 exist); members without the role get 403 `forbidden`; a refused request changes nothing.

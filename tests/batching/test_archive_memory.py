@@ -13,7 +13,7 @@ import psutil
 import pytest
 
 from accounts.models import Membership, Pool, Role
-from accounts.tokens import token_pair_for
+from accounts.tokens import token_pair_issue
 from batching.models import Group
 from poolhub.filestore import Bucket, file_write
 from tests import live
@@ -50,7 +50,7 @@ def test_exporting_a_group_over_100_mb_keeps_server_memory_bounded():
     exporter = make_user("bulk-exporter")
     Membership.objects.create(pool=pool, user=exporter, role=Role.EXPORTER)
     group = _big_group(pool)
-    headers = {"Authorization": f"Bearer {token_pair_for(user=exporter)['access']}"}
+    headers = {"Authorization": f"Bearer {token_pair_issue(user=exporter)['access']}"}
     process, base = live.start_web()
     try:
         server = psutil.Process(process.pid)

@@ -11,9 +11,9 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
+from batching import tasks
 from batching.models import Group, GroupStatus, Lease, Result
 from batching.services import leases_expire
-from batching.tasks import expire_leases
 from poolhub.filestore import mongo_db
 from tests.batching.conftest import T0, stored_upload
 from tests.conftest import error_code
@@ -254,7 +254,7 @@ def test_an_expired_lease_returns_the_group_and_refuses_the_late_result(api, clo
                                                                         second_exporter):
     lease_id = claim(api, exporter, closed_group).json()["lease_id"]
     _expire(lease_id)
-    assert expire_leases() == [lease_id]
+    assert tasks.leases_expire() == [lease_id]
     closed_group.refresh_from_db()
     assert closed_group.status == GroupStatus.CLOSED
     [event] = group_events(closed_group, "group.lease_expired")

@@ -10,7 +10,7 @@ from django.utils import timezone
 from accounts.models import Membership, Role
 from batching import services
 from batching.models import Group, GroupStatus
-from batching.tasks import close_due_windows
+from batching.tasks import groups_close_due
 from tests.batching.conftest import T0, stored_upload
 from tests.conftest import error_code, make_user
 from uploads.models import Event
@@ -109,12 +109,12 @@ def test_beat_closes_windows_past_end_plus_grace_only(pool, contributor):
     done = stored_upload(pool=pool, uploader=contributor, timestamp=now - timedelta(hours=3), data=b"x").group
     current = stored_upload(pool=pool, uploader=contributor, timestamp=now, data=b"y").group
     assert done is not None and current is not None
-    closed = close_due_windows()
+    closed = groups_close_due()
     assert closed == [str(done.id)]
     done.refresh_from_db()
     current.refresh_from_db()
     assert (done.status, current.status) == (GroupStatus.CLOSED, GroupStatus.OPEN)
-    assert close_due_windows() == []  # nothing twice
+    assert groups_close_due() == []  # nothing twice
 
 
 def test_beat_respects_the_grace_period(pool, contributor):
@@ -159,9 +159,9 @@ def test_beat_is_a_backstop_for_close_rules(pool, contributor):
     pool.close_min_uploads = 1
     pool.save()
     group = Group.objects.get(pool=pool)
-    assert close_due_windows() == [str(group.id)]
+    assert groups_close_due() == [str(group.id)]
 
 
 def test_beat_schedule_registers_the_rounds_tasks(settings):
     tasks = {entry["task"] for entry in settings.CELERY_BEAT_SCHEDULE.values()}
-    assert {"batching.close_due_windows", "batching.expire_leases"} <= tasks
+    assert {"batching.groups_close_due", "batching.leases_expire"} <= tasks

@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from accounts.tokens import token_pair_for
+from accounts.tokens import token_pair_issue
 from batching.models import Group
 from poolhub.filestore import GRIDFS_CHUNK_BYTES
 from tests.batching.conftest import T0, stored_upload
@@ -160,7 +160,7 @@ def test_ranges_of_the_result(api, big_group, exporter, listener):
 @pytest.mark.e2e
 @pytest.mark.django_db(transaction=True)
 def test_an_archive_download_cut_midway_resumes_over_the_live_server(big_group, exporter, live_server_url):
-    headers = {"Authorization": f"Bearer {token_pair_for(user=exporter)['access']}"}
+    headers = {"Authorization": f"Bearer {token_pair_issue(user=exporter)['access']}"}
     with httpx.Client(base_url=live_server_url, headers=headers, timeout=60) as http:
         lease = http.post(f"/api/v1/groups/{big_group.id}/claim").json()["lease_id"]
         url, params = f"/api/v1/groups/{big_group.id}/archive", {"lease": lease}

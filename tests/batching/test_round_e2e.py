@@ -24,9 +24,9 @@ import websockets
 from django.utils import timezone
 
 from accounts.models import Membership, Pool, Role, User
-from accounts.tokens import token_pair_for
+from accounts.tokens import token_pair_issue
 from batching.models import Group, GroupStatus, WebhookDelivery
-from batching.tasks import close_due_windows
+from batching.tasks import groups_close_due
 from batching.webhooks import webhook_verify
 from batching.windows import window_bounds
 from tests.conftest import make_user
@@ -52,7 +52,7 @@ def _iso(at: datetime) -> str:
 
 
 def _bearer(user: User) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token_pair_for(user=user)['access']}"}
+    return {"Authorization": f"Bearer {token_pair_issue(user=user)['access']}"}
 
 
 class Sockets:
@@ -61,7 +61,7 @@ class Sockets:
     def __init__(self, base_url: str, users: list[User]) -> None:
         self.url = base_url.replace("http://", "ws://") + "/ws/"
         self.origin = base_url
-        self.tokens = {user.username: token_pair_for(user=user)["access"] for user in users}
+        self.tokens = {user.username: token_pair_issue(user=user)["access"] for user in users}
         self.users = users
         self.frames: dict[str, list[dict[str, Any]]] = {user.username: [] for user in users}
         self.ready = threading.Event()
@@ -214,7 +214,7 @@ def test_a_whole_round(live_server_url, celery_worker, webhook_receiver):
         sent_current = [s for s in sent if s.timestamp >= current_start]
 
         # Closed by time: the beat task, run by the worker.
-        close_due_windows.delay()
+        groups_close_due.delay()
         wait_for(lambda: Group.objects.get(id=previous.id).status == GroupStatus.CLOSED, what="closed by beat")
         assert Group.objects.get(id=current.id).status == GroupStatus.OPEN
         # Closed by the trigger.
@@ -261,7 +261,7 @@ def test_a_whole_round(live_server_url, celery_worker, webhook_receiver):
     content = http.get(result["url"], headers=_bearer(offline))
     assert content.content == result_bytes
     assert content.headers["x-content-type-options"] == "nosniff"
-    replayed = asyncio.run(_resume(base, token_pair_for(user=offline)["access"]))
+    replayed = asyncio.run(_resume(base, token_pair_issue(user=offline)["access"]))
     [frame] = [f for f in replayed if f["type"] == "result.available"]
     assert {k: frame[k] for k in expected} == expected
 

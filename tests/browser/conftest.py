@@ -67,6 +67,7 @@ class Watched:
     name: str
     errors: list[str] = field(default_factory=list)
     expected: list[int] = field(default_factory=list)
+    urls: list[str] = field(default_factory=list)  # every URL the page requested or opened a socket to
 
     def expect_refusal(self, status: int) -> None:
         """The next step is refused by the API on purpose: the browser logs that response as a
@@ -108,6 +109,8 @@ class Browser:
         watched = Watched(page=page, name=name)
         page.on("console", lambda msg: watched.errors.append(msg.text) if msg.type == "error" else None)
         page.on("pageerror", lambda exc: watched.errors.append(f"uncaught: {exc}"))
+        page.on("request", lambda request: watched.urls.append(request.url))
+        page.on("websocket", lambda ws: watched.urls.append(ws.url))
         page.goto(self.url + "/")
         self.pages.append(watched)
         return watched
@@ -117,9 +120,15 @@ class Browser:
 
 
 @pytest.fixture
-def web_url(transactional_db: Any) -> Iterator[str]:
+def web_env() -> dict[str, str]:
+    """Extra environment of the test's web server (a test module may override this fixture)."""
+    return {}
+
+
+@pytest.fixture
+def web_url(transactional_db: Any, web_env: dict[str, str]) -> Iterator[str]:
     process, url = live.start_web(live.child_env(POOLHUB_WEB_LARGE_FILE_BYTES=str(LARGE_FILE_BYTES),
-                                                 POOLHUB_WS_CHUNK_BYTES=str(SOCKET_CHUNK_BYTES)))
+                                                 POOLHUB_WS_CHUNK_BYTES=str(SOCKET_CHUNK_BYTES), **web_env))
     try:
         yield url
     finally:

@@ -13,9 +13,11 @@ import hashlib
 import json
 import os
 import tarfile
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from accounts.models import Membership, Pool, Role, User
@@ -53,13 +55,14 @@ def files(tmp_path: Path) -> list[Path]:
 
 
 def test_every_role_does_its_job_from_the_page(browser: Browser, tmp_path: Path, webhook_receiver: Any) -> None:
-    pool = Pool.objects.create(name="weather-stations", window_seconds=3600, grace_seconds=60)
+    # A day-long window: the whole run falls in one (the page shows the current one)
+    pool = Pool.objects.create(name="weather-stations", window_seconds=86400, grace_seconds=60)
     for username, role in (("manager", Role.MANAGER), ("exporter", Role.EXPORTER), ("listener", Role.LISTENER)):
         Membership.objects.create(pool=pool, user=make_user(username), role=role)
     make_user("root-admin", admin=True)
 
     # Everyone: sign up (then logged in, in no pool yet).
-    dana = browser.open("dana")
+    dana = browser.open("dana", timezone_id="Asia/Kolkata")  # UTC+05:30: the page sends timestamps as UTC
     dana.shot("01-sign-up")
     dana.page.locator("#signup-form input[name=username]").fill("dana")
     dana.page.locator("#signup-form input[name=password]").fill(PASSWORD)
@@ -117,6 +120,9 @@ def test_every_role_does_its_job_from_the_page(browser: Browser, tmp_path: Path,
     dana.page.get_by_role("button", name="weather-stations").wait_for()
     tab(dana, "upload")
     sent = files(tmp_path)
+    when = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=5)
+    local = (when + timedelta(hours=5, minutes=30)).strftime("%Y-%m-%dT%H:%M:%S")
+    dana.page.locator("#upload-form input[name=timestamp]").fill(local)
     dana.page.locator("#upload-form input[name=files]").set_input_files([str(p) for p in sent])
     dana.page.locator("#upload-form button[type=submit]").click()
     items = dana.page.locator("#transfers li.transfer")
@@ -124,7 +130,7 @@ def test_every_role_does_its_job_from_the_page(browser: Browser, tmp_path: Path,
         item = items.filter(has_text=path.name)
         item.locator('.status:text-is("stored")').wait_for(timeout=60_000)
         assert item.locator("progress").evaluate("bar => bar.value") == 1
-    assert Upload.objects.filter(pool=pool, status="stored").count() == 3
+    assert list(Upload.objects.filter(pool=pool).values_list("status", "timestamp")) == [("stored", when)] * 3
     dana.shot("02-upload")
 
     # ...and downloads one back, byte-exact, from her history.
@@ -133,7 +139,21 @@ def test_every_role_does_its_job_from_the_page(browser: Browser, tmp_path: Path,
     with dana.page.expect_download() as download:
         row.get_by_role("button", name="Download station-c.bin").click()
     assert Path(download.value.path()).read_bytes() == sent[2].read_bytes()
+    history = dana.page.locator("#panel-history")
+    assert history.locator("[data-page]").inner_text() == "1\u20133 of 3"  # an en dash
+    history.locator("select[name=status]").select_option("failed")
+    history.get_by_role("button", name="Filter").click()
+    history.get_by_text("no uploads").wait_for()
+    history.locator("select[name=status]").select_option("stored")
+    history.get_by_role("button", name="Filter").click()
+    history.locator("tr", has_text="station-a.csv").wait_for()
     dana.shot("03-history")
+
+    # The tabs work from the keyboard.
+    dana.page.locator("#tab-history").focus()
+    dana.page.keyboard.press("ArrowLeft")
+    assert dana.page.locator("#tab-upload").get_attribute("aria-selected") == "true"
+    assert dana.page.evaluate("document.activeElement.id") == "tab-upload"
 
     # The current window shows what it holds; the manager closes the group now.
     tab(boss, "overview")
@@ -188,11 +208,27 @@ def test_every_role_does_its_job_from_the_page(browser: Browser, tmp_path: Path,
     assert Path(download.value.path()).read_bytes() == result.read_bytes()
     shot = boss.shot("00-overview-result")
 
+    # The manager's usage counts what the pool holds now.
+    tab(boss, "manage")
+    boss.page.locator("#usage-box").wait_for()
+    boss.page.locator("#usage-results").filter(has_text="1").wait_for()
+    assert boss.page.locator("#usage-uploads").inner_text() == "3"
+    boss.shot("04-manage")
+
     # An admin sees every user's files.
     admin = browser.open("admin")
     log_in(admin, "root-admin")
     admin.page.locator("#admin-files-open").click()
-    admin.page.locator("#files-host tr", has_text="station-a.csv").wait_for()
+    files_view = admin.page.locator("#files-host")
+    files_view.locator("tr", has_text="station-a.csv").wait_for()
+    files_view.locator("input[name=user]").fill("nobody-else")
+    files_view.get_by_role("button", name="Filter").click()
+    files_view.get_by_text("no uploads").wait_for()
+    files_view.locator("input[name=user]").fill("dana")
+    files_view.get_by_role("button", name="Filter").click()
+    files_view.locator("tr", has_text="station-a.csv").wait_for()
+    assert files_view.locator("[data-page]").inner_text() == "1\u20133 of 3"  # an en dash
+    assert admin.page.locator("#admin-link").get_attribute("href") == "/admin/"
     admin.shot("06-admin-files")
 
     # Phone-sized: still usable (the main view, one column).
@@ -200,6 +236,17 @@ def test_every_role_does_its_job_from_the_page(browser: Browser, tmp_path: Path,
     log_in(phone, "manager")
     phone.page.locator("#result-sha256").filter(has_text=digest).wait_for()
     phone.shot("07-phone")
+
+    # Logging out revokes the tokens; they were never in a URL nor in localStorage.
+    access = dana.page.evaluate("sessionStorage.getItem('poolhub.access')")
+    assert access and dana.page.evaluate("localStorage.length") == 0
+    dana.page.locator("#logout").click()
+    dana.page.locator("#login-form").wait_for()
+    assert dana.page.evaluate("sessionStorage.getItem('poolhub.access')") is None
+    revoked = httpx.get(f"{browser.url}/api/v1/auth/validate", headers={"Authorization": f"Bearer {access}"})
+    assert revoked.status_code == 401
+    urls = [url for watched in browser.pages for url in watched.urls]
+    assert any("/ws/" in url for url in urls) and not any("eyJ" in url for url in urls)
 
     if os.environ.get("POOLHUB_UPDATE_SCREENSHOT") == "1":
         README_SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,7 @@ from channels.testing import WebsocketCommunicator
 from django.db import transaction
 
 from accounts.models import User
-from accounts.tokens import token_pair_for
+from accounts.tokens import token_pair_issue
 from uploads.events import event_append
 from uploads.models import Event
 
@@ -42,7 +42,7 @@ def _fresh_channel_layer() -> None:
 
 
 def access_for(user: User) -> str:
-    return token_pair_for(user=user)["access"]
+    return token_pair_issue(user=user)["access"]
 
 
 class Socket:

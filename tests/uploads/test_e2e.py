@@ -11,7 +11,7 @@ import httpx
 import pytest
 from django.core.management import call_command
 
-from accounts.tokens import token_pair_for
+from accounts.tokens import token_pair_issue
 from celery_app import app
 from poolhub.filestore import GRIDFS_CHUNK_BYTES, Bucket, file_chunks, mongo_db
 from tests import live
@@ -56,7 +56,7 @@ def start_worker(transactional_db: Any) -> Iterator[Callable[..., Any]]:
 
 
 def test_single_and_batch_stored_by_the_worker_and_downloaded(live_server_url, celery_worker, pool, contributor):
-    headers = {"Authorization": f"Bearer {token_pair_for(user=contributor)['access']}"}
+    headers = {"Authorization": f"Bearer {token_pair_issue(user=contributor)['access']}"}
     files = {"one": payload(1, seed=1), "small": payload(200 * 1024, seed=2), "big": payload(10 * 1024 * 1024, seed=3)}
     with httpx.Client(base_url=f"{live_server_url}/api/v1", headers=headers, timeout=120) as client:
         single = client.post(f"/pools/{pool.id}/uploads", data={"timestamp": WHEN, "sha256": sha(files["big"])},

@@ -10,7 +10,7 @@ from datetime import timedelta
 import httpx
 import pytest
 
-from accounts.tokens import token_pair_for
+from accounts.tokens import token_pair_issue
 from poolhub.redis import redis_client
 from tests.conftest import error_code
 from tests.uploads.conftest import WHEN, WHEN_DT, assert_nothing_left, payload, post_upload, staged_keys
@@ -87,7 +87,7 @@ def test_batches_take_keys_too(api, pool, contributor):
 @pytest.mark.e2e
 @pytest.mark.django_db(transaction=True)
 def test_concurrent_requests_with_one_key_create_one_upload(live_server_url, pool, contributor):
-    token = token_pair_for(user=contributor)["access"]
+    token = token_pair_issue(user=contributor)["access"]
     data = payload(3 * 1024 * 1024)
 
     def send(_: int) -> httpx.Response:

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from poolhub.filestore import GRIDFS_CHUNK_BYTES
+from poolhub.filestore import GRIDFS_CHUNK_BYTES, Bucket, file_delete
 from tests.conftest import error_code
 from tests.uploads.conftest import payload, post_upload, sha
 from uploads.models import Upload, UploadStatus
@@ -55,3 +55,18 @@ def test_ranges_need_the_same_access_as_the_content(api, pool, contributor, outs
     upload_id = post_upload(api(contributor), pool, payload(1000)).json()["id"]
     response = api(outsider).get(f"/api/v1/uploads/{upload_id}/content", headers={"Range": "bytes=0-1"})
     assert response.status_code == 404
+
+
+def test_head_answers_the_headers_without_reading_the_bytes(api, pool, contributor, manager,
+                                                            django_capture_on_commit_callbacks):
+    data = payload(SIZE, seed=4)
+    with django_capture_on_commit_callbacks(execute=True):
+        upload_id = post_upload(api(contributor), pool, data).json()["id"]
+    url = f"/api/v1/uploads/{upload_id}/content"
+    etag = api(manager).get(url)["ETag"]
+    file_delete(bucket=Bucket.UPLOADS, file_id=upload_id)  # a HEAD that read the bytes would fail now
+    whole = api(manager).head(url)
+    assert (whole.status_code, whole["Content-Length"], whole["ETag"], whole.content) == (200, str(SIZE), etag, b"")
+    assert whole["Accept-Ranges"] == "bytes"
+    part = api(manager).head(url, headers={"Range": "bytes=10-19"})
+    assert (part.status_code, part["Content-Length"], part["Content-Range"]) == (206, "10", f"bytes 10-19/{SIZE}")

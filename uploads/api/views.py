@@ -19,7 +19,6 @@ from django.conf import settings
 from django.core.exceptions import RequestDataTooBig, SuspiciousOperation, TooManyFieldsSent, TooManyFilesSent
 from django.core.serializers.json import DjangoJSONEncoder
 from django.http import HttpResponseBase
-from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.throttling import ScopedRateThrottle
@@ -30,6 +29,7 @@ from accounts.selectors import pool_access
 from poolhub.downloads import ranged_download
 from poolhub.errors import ApiError, BadRequest, Unavailable
 from poolhub.filestore import FileStoreError
+from poolhub.pagination import Pagination
 from poolhub.throttling import process_cache
 from uploads import selectors
 from uploads.api.handlers import StagedUpload, StagingUploadHandler
@@ -155,7 +155,7 @@ def manifest_parse(raw: str | None, *, max_items: int = 500) -> list[ManifestIte
         raise _invalid_manifest("the batch has no manifest field")
     try:
         document = json.loads(raw)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # deep nesting too: 400, never 500
         raise _invalid_manifest("the manifest is not JSON") from exc
     entries = document.get("items") if isinstance(document, dict) else None
     if not isinstance(entries, list) or not entries:
@@ -220,7 +220,7 @@ class UploadListApi(APIView):
         filters = UploadListFilters(data=request.query_params)
         filters.is_valid(raise_exception=True)
         uploads = selectors.upload_list(user=_user(request), filters=dict(filters.validated_data))
-        paginator = LimitOffsetPagination()
+        paginator = Pagination()  # limit and offset bounded: never a 64-bit overflow in the database
         page = paginator.paginate_queryset(uploads, request, view=self)
         return paginator.get_paginated_response([UploadOutput(upload).data for upload in page or []])
 

@@ -86,11 +86,13 @@
     tbody.appendChild(tr);
   }
 
-  function options(select, values, labels) {
+  // The options of a <select>; `initial` is also what a form reset goes back to.
+  function options(select, values, labels, initial) {
     clear(select);
     values.forEach((value, i) => {
       const o = el("option", labels ? labels[i] : value);
       o.value = value;
+      if (value === initial) o.defaultSelected = true;
       select.appendChild(o);
     });
   }
@@ -425,40 +427,30 @@
     await start();
   }
 
-  async function login(event) {
-    event.preventDefault();
-    const form = event.target;
-    fieldError(form, "");
-    showError("");
-    const username = form.elements.username.value;
-    const password = form.elements.password.value;
-    try {
-      await signedIn(await api("/auth/login", { method: "POST", json: { username, password } }), form);
-    } catch (e) {
-      fieldError(form, e.message);
-    }
-  }
-
-  async function signup(event) {
-    event.preventDefault();
-    const form = event.target;
-    fieldError(form, "");
-    showError("");
-    const username = form.elements.username.value;
-    const password = form.elements.password.value;
-    if (password !== form.elements.password2.value) {
-      fieldError(form, "the two passwords differ");
-      return;
-    }
-    try {
-      await signedIn(await api("/auth/signup", { method: "POST", json: { username, password } }), form);
-    } catch (e) {
-      fieldError(form, e.message);
-    }
+  // Log in or create a user (the form with a repeated password) and start the session.
+  function authForm(path) {
+    return async (event) => {
+      event.preventDefault();
+      const form = event.target;
+      fieldError(form, "");
+      showError("");
+      const username = form.elements.username.value;
+      const password = form.elements.password.value;
+      if (form.elements.password2 && password !== form.elements.password2.value) {
+        fieldError(form, "the two passwords differ");
+        return;
+      }
+      try {
+        await signedIn(await api(path, { method: "POST", json: { username, password } }), form);
+      } catch (e) {
+        fieldError(form, e.message);
+      }
+    };
   }
 
   async function logout() {
     const refresh = tokens.refresh;
+    wsClose(); // first: the server closes a logged-out token's socket, which must not look like an expiry
     try {
       await api("/auth/logout", { method: "POST", json: refresh ? { refresh } : {} });
     } catch (e) { /* logged out locally either way */ }
@@ -941,8 +933,14 @@
       sessionStorage.setItem(key, JSON.stringify({ location, filename: file.name }));
     }
     let uploadId = null;
+    const terminate = () => {
+      // Cancelled: the server releases the staged bytes (tus termination); nothing to resume.
+      sessionStorage.removeItem(key);
+      xhr("DELETE", location, { headers: tusHeaders }).catch(() => undefined);
+      return cancelled();
+    };
     while (offset < file.size || uploadId === null) {
-      if (item.cancelled) throw cancelled();
+      if (item.cancelled) throw terminate();
       const start = offset;
       const chunk = file.slice(start, start + Math.min(TUS_CHUNK, state.largeFile));
       try {
@@ -956,6 +954,7 @@
         uploadId = res.header("Poolhub-Upload-Id");
         if (offset >= file.size && !uploadId) break;
       } catch (e) {
+        if (e.code === "cancelled" || item.cancelled) throw terminate();
         if (e.code === "network" || e.status === 409) {
           offset = await retrying(item, head); // where the server stands, then go on from there
           continue;
@@ -1008,10 +1007,11 @@
       if (item.cancelled) throw cancelled();
       const data = await b64blob(file.slice(offset, offset + chunkSize));
       try {
-        const r = await wsRequest({ type: "write-chunk", transfer_id: transferId, offset, data });
+        const r = await wsRequest({ type: "write-chunk", transfer_id: transferId, offset, data }, item);
         offset = r.offset;
         itemProgress(item, offset, file.size);
       } catch (e) {
+        if (e.code === "cancelled" || item.cancelled) { sessionStorage.removeItem(key); throw cancelled(); }
         if (e.code !== "network" && e.code !== "conflict") { sessionStorage.removeItem(key); throw e; }
         offset = await where();
       }
@@ -1140,9 +1140,15 @@
     const waiting = state.groups.filter((g) => g.status === "closed" || g.status === "exporting");
     if (!waiting.length) emptyRow(tbody, "no closed group waiting", 5);
     for (const g of waiting) {
-      const claim = button("Claim", () => claimGroup(g, claim), "small");
-      claim.setAttribute("aria-label", "Claim the group of " + fmtTime(g.window_start));
-      tbody.appendChild(row([fmtTime(g.window_start), g.status, g.upload_count, fmtBytes(g.bytes), claim]));
+      let action;
+      if (state.lease && state.lease.group === String(g.id)) {
+        action = el("span", "claimed by you", "muted");
+      } else {
+        // An `exporting` group is someone's until its lease expires: the server says which.
+        action = button("Claim", () => claimGroup(g, action), "small");
+        action.setAttribute("aria-label", "Claim the group of " + fmtTime(g.window_start));
+      }
+      tbody.appendChild(row([fmtTime(g.window_start), g.status, g.upload_count, fmtBytes(g.bytes), action]));
     }
     const lease = state.lease;
     $("lease-box").hidden = !lease;
@@ -1331,17 +1337,23 @@
     }
   }
 
-  const SETTINGS_NUMBERS = ["window_seconds", "grace_seconds", "max_file_bytes"];
-  const SETTINGS_OPTIONAL = ["close_min_uploads", "close_min_contributors"];
+  // Numbers the pool must have, numbers it may leave empty (null), and choices. A setting this
+  // server's pools do not have (not in GET /pools/{id}) is hidden and never sent.
+  const SETTINGS_NUMBERS = ["window_seconds", "grace_seconds", "max_file_bytes", "max_result_bytes"];
+  const SETTINGS_OPTIONAL = ["close_min_uploads", "close_min_contributors", "quota_bytes", "retention_days",
+    "max_uploads_per_contributor", "min_contributors"];
+  const SETTINGS_CHOICES = ["late_policy", "short_round_policy"];
+  const SETTINGS_ALL = SETTINGS_NUMBERS.concat(SETTINGS_OPTIONAL, SETTINGS_CHOICES);
 
   function fillSettings() {
     const d = state.detail;
     const form = $("settings-form");
     if (!d) return;
-    for (const name of SETTINGS_NUMBERS.concat(SETTINGS_OPTIONAL)) {
-      form.elements[name].value = d[name] === null || d[name] === undefined ? "" : String(d[name]);
+    for (const name of SETTINGS_ALL) {
+      const known = Object.prototype.hasOwnProperty.call(d, name);
+      form.elements[name].closest("label").hidden = !known;
+      if (known) form.elements[name].value = d[name] === null ? "" : String(d[name]);
     }
-    form.elements.late_policy.value = d.late_policy || "accept";
     form.elements.allowed_types.value = (d.allowed_types || []).join(", ");
     form.elements.webhook_url.value = d.webhook_url || "";
     form.elements.webhook_secret.value = "";
@@ -1353,11 +1365,12 @@
     fieldError(form, "");
     fieldOk(form, "");
     const body = {};
-    for (const name of SETTINGS_NUMBERS) body[name] = Number(form.elements[name].value);
-    for (const name of SETTINGS_OPTIONAL) {
+    const known = (name) => state.detail && Object.prototype.hasOwnProperty.call(state.detail, name);
+    for (const name of SETTINGS_NUMBERS.filter(known)) body[name] = Number(form.elements[name].value);
+    for (const name of SETTINGS_OPTIONAL.filter(known)) {
       body[name] = form.elements[name].value === "" ? null : Number(form.elements[name].value);
     }
-    body.late_policy = form.elements.late_policy.value;
+    for (const name of SETTINGS_CHOICES.filter(known)) body[name] = form.elements[name].value;
     body.allowed_types = form.elements.allowed_types.value.split(",").map((s) => s.trim()).filter(Boolean);
     body.webhook_url = form.elements.webhook_url.value.trim();
     if (form.elements.webhook_secret.value) body.webhook_secret = form.elements.webhook_secret.value;
@@ -1417,7 +1430,8 @@
   }
 
   // A request frame whose reply (or `error`) carries the same request_id.
-  function wsRequest(frame) {
+  // With a transfer item, its Cancel button rejects the request in flight.
+  function wsRequest(frame, item) {
     return new Promise((resolve, reject) => {
       const id = "r" + (state.wsNextId++);
       if (!state.wsReady || !wsSend(Object.assign({}, frame, { request_id: id }))) {
@@ -1425,6 +1439,12 @@
         return;
       }
       state.wsPending.set(id, { resolve, reject });
+      if (item) {
+        item.job.abort = () => {
+          item.cancelled = true;
+          if (state.wsPending.delete(id)) reject(cancelled());
+        };
+      }
     });
   }
 
@@ -1598,13 +1618,13 @@
   document.addEventListener("DOMContentLoaded", () => {
     state.features = new Set((document.body.dataset.features || "").split(/\s+/).filter(Boolean));
     state.largeFile = Number(document.body.dataset.largeFileBytes) || state.largeFile;
-    options($("member-form").elements.role, ROLES);
-    $("member-form").elements.role.value = "contributor";
-    options($("provision-form").elements.role, ROLES);
-    $("provision-form").elements.role.value = "contributor";
+    options($("member-form").elements.role, ROLES, null, "contributor");
+    options($("provision-form").elements.role, ROLES, null, "contributor");
     options($("settings-form").elements.late_policy, LATE_POLICIES);
-    $("login-form").addEventListener("submit", login);
-    $("signup-form").addEventListener("submit", signup);
+    options($("settings-form").elements.short_round_policy, ["roll", "skip"],
+      ["moves its uploads to the next window", "is skipped, never exported"]);
+    $("login-form").addEventListener("submit", authForm("/auth/login"));
+    $("signup-form").addEventListener("submit", authForm("/auth/signup"));
     $("logout").addEventListener("click", logout);
     $("account-open").addEventListener("click", () => { $("account-view").hidden = false; $("password-form").elements.current_password.focus(); });
     $("account-close").addEventListener("click", () => { $("account-view").hidden = true; });
