@@ -2,7 +2,8 @@
 (quota and the per-contributor cap), and content leaving the file store (retention, failed
 uploads released or discarded).
 
-Lock order: every transaction here changes the `PoolUsage` row last, after its event is
+Lock order: acceptance holds the contributor's membership row (for the cap per window) before
+its event and the counter; every transaction here changes the `PoolUsage` row last, after its event is
 appended, as acceptance and result posting do (their event log and group locks come first), so
 no two transactions ever wait on each other in opposite orders.
 
@@ -27,22 +28,17 @@ from django.db import IntegrityError, transaction
 from django.db.models import Exists, F, OuterRef, QuerySet, Sum
 from django.utils import timezone
 
-from accounts.models import Pool, User
+from accounts.models import Membership, Pool, User
 from batching.models import Group, GroupStatus, Result
 from lifecycle.models import PoolUsage, Purge, PurgeReason
-from poolhub.errors import ApiError, Conflict, NotFound
+from lifecycle.selectors import cap_reached, pool_used_bytes, quota_exceeded
+from poolhub.errors import Conflict, NotFound
 from poolhub.filestore import Bucket, file_delete
 from uploads.events import event_append
 from uploads.models import Event, Upload, UploadStatus
 from uploads.staging import staging_drop
 
 logger = logging.getLogger(__name__)
-
-
-class QuotaExceeded(ApiError):
-    status_code = 413
-    default_code = "quota_exceeded"
-    default_detail = "this upload would take the pool past its quota"
 
 
 # --- usage and admission ------------------------------------------------------------------------
@@ -100,9 +96,8 @@ def pool_bytes_reserve(*, pool: Pool, size: int) -> None:
     """Count `size` more bytes for the pool, or 413 `quota_exceeded` if that would pass its quota.
     Call inside the transaction that records what holds them: its rollback gives them back."""
     if not _usage_change(pool_id=pool.id, delta=size, quota=pool.quota_bytes):
-        used = PoolUsage.objects.filter(pool_id=pool.id).values_list("bytes", flat=True).first() or 0
-        raise QuotaExceeded(f"the pool may hold {pool.quota_bytes} bytes and holds {used}; this upload of "
-                            f"{size} bytes does not fit", details={"quota_bytes": pool.quota_bytes, "used_bytes": used})
+        assert pool.quota_bytes is not None  # without one every change fits
+        raise quota_exceeded(quota=pool.quota_bytes, used=pool_used_bytes(pool_id=pool.id), size=size)
 
 
 def pool_bytes_add(*, pool_id: UUID, size: int) -> None:
@@ -110,16 +105,28 @@ def pool_bytes_add(*, pool_id: UUID, size: int) -> None:
     _usage_change(pool_id=pool_id, delta=size)
 
 
+def _contributor_lock(*, pool: Pool, uploader: User) -> None:
+    """Hold the uploader's membership row of this pool (the user's row for an admin without one)
+    until the transaction ends, so that counting their uploads and adding one is a single step:
+    a concurrent upload by the same contributor to this pool waits here, then counts the first
+    one (on PostgreSQL each statement sees what committed before it). FOR NO KEY UPDATE: rows
+    that merely reference it (key-share locks) are not held up. SQLite: its IMMEDIATE
+    transactions already run one writer at a time."""
+    memberships = Membership.objects.select_for_update(no_key=True).filter(pool=pool, user=uploader)
+    if not list(memberships.values_list("id", flat=True)):
+        list(User.objects.select_for_update(no_key=True).filter(pk=uploader.pk).values_list("pk", flat=True))
+
+
 def upload_admit(*, pool: Pool, uploader: User, group: Group, size: int) -> None:
     """Acceptance calls this inside its transaction for each new upload, after choosing its group:
-    the pool's cap on one contributor's uploads per window (409 `upload_cap_reached`), then its
-    quota (413 `quota_exceeded`). A batch is one transaction, so one refusal refuses it whole."""
+    the pool's cap on one contributor's uploads per window (409 `upload_cap_reached`; race-free
+    under the contributor's lock), then its quota (413 `quota_exceeded`). A batch is one
+    transaction, so one refusal refuses it whole."""
     cap = pool.max_uploads_per_contributor
-    if cap is not None and Upload.objects.filter(group=group, uploader=uploader).count() >= cap:
-        raise Conflict(f"you have sent this window's {cap} upload(s) already", code="upload_cap_reached",
-                       details={"max_uploads_per_contributor": cap, "group": str(group.id),
-                                "window_start": group.window_start.isoformat(),
-                                "window_end": group.window_end.isoformat()})
+    if cap is not None:
+        _contributor_lock(pool=pool, uploader=uploader)
+        if Upload.objects.filter(group=group, uploader=uploader).count() >= cap:
+            raise cap_reached(cap=cap, group=group)
     pool_bytes_reserve(pool=pool, size=size)
 
 

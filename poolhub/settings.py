@@ -397,9 +397,8 @@ POOLHUB_USER_STAGING_BYTES = env_int("POOLHUB_USER_STAGING_BYTES", 256 * 1024 * 
 # --- files (docs/configuration.md "Files: downloads and tus") ---------------------------------
 # A tus upload idle this long expires (Upload-Expires) and its staged bytes are released.
 POOLHUB_TUS_EXPIRY_SECONDS = env_int("POOLHUB_TUS_EXPIRY_SECONDS", 6 * 3600)
-# One user's unfinished tus uploads: how many, and how many bytes their declared lengths add up to.
-POOLHUB_TUS_USER_MAX_UPLOADS = env_int("POOLHUB_TUS_USER_MAX_UPLOADS", 32)
-POOLHUB_TUS_USER_MAX_BYTES = env_int("POOLHUB_TUS_USER_MAX_BYTES", 512 * 1024 * 1024)
+# One user's unfinished tus uploads count in the websocket transfers' cap (POOLHUB_WS_MAX_OPEN_TRANSFERS,
+# POOLHUB_USER_STAGING_BYTES).
 # Origins (scheme://host[:port]) of web pages served elsewhere that may call the tus endpoints.
 POOLHUB_TUS_CORS_ORIGINS = env_list("POOLHUB_TUS_CORS_ORIGINS", [])
 CELERY_BEAT_SCHEDULE["tus_uploads_expire"] = {"task": "tus_uploads_expire", "schedule": 300.0}
