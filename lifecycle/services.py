@@ -24,7 +24,7 @@ from typing import Any
 from uuid import UUID
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Exists, F, OuterRef, QuerySet, Sum
 from django.utils import timezone
 
@@ -92,12 +92,37 @@ def pool_usage_recount(*, pool_id: UUID) -> tuple[int, int]:
     return before, usage.bytes
 
 
+def _transaction() -> Any:
+    """The current transaction's outermost atomic block (not a test case's wrapper), or None."""
+    blocks = [block for block in connection.atomic_blocks if not getattr(block, "_from_testcase", False)]
+    return blocks[0] if blocks else None
+
+
+def _held_before(*, pool_id: UUID) -> dict[UUID, int]:
+    """Per pool, what it held before this transaction's first reservation (a batch's usage before
+    it), kept on the connection for the current transaction only."""
+    current = _transaction()
+    kept = getattr(connection, "_poolhub_held_before", None)
+    if kept is None or kept[0] is not current:
+        kept = (current, {})
+        connection._poolhub_held_before = kept  # type: ignore[attr-defined]
+    return kept[1]
+
+
 def pool_bytes_reserve(*, pool: Pool, size: int) -> None:
     """Count `size` more bytes for the pool, or 413 `quota_exceeded` if that would pass its quota.
     Call inside the transaction that records what holds them: its rollback gives them back."""
+    if pool.quota_bytes is None:
+        _usage_change(pool_id=pool.id, delta=size)
+        return
+    before = _held_before(pool_id=pool.id)
     if not _usage_change(pool_id=pool.id, delta=size, quota=pool.quota_bytes):
-        assert pool.quota_bytes is not None  # without one every change fits
-        raise quota_exceeded(quota=pool.quota_bytes, used=pool_used_bytes(pool_id=pool.id), size=size)
+        used = pool_used_bytes(pool_id=pool.id)
+        raise quota_exceeded(quota=pool.quota_bytes, used=used, size=size, used_before=before.get(pool.id, used))
+    if pool.id not in before and connection.in_atomic_block:
+        # This transaction holds the counter's row lock now: what it holds, less this upload, is
+        # what the pool held before the transaction (its batch) began to reserve.
+        before[pool.id] = pool_used_bytes(pool_id=pool.id) - size
 
 
 def pool_bytes_add(*, pool_id: UUID, size: int) -> None:

@@ -183,7 +183,8 @@ def batch_refused(*, refused: Sequence[tuple[int, str, ApiError]]) -> ApiError:
     items = [{"index": index, "file": field, "code": exc.code, "message": exc.message, "details": exc.details}
              for index, field, exc in refused]
     return ApiError(f"the batch was refused: {len(items)} bad item(s); nothing was accepted", code=first.code,
-                    status_code=first.status_code, details={"items": items}, retry_after=first.retry_after)
+                    status_code=first.status_code, details={**getattr(first, "batch_details", {}), "items": items},
+                    retry_after=first.retry_after)
 
 
 def upload_regroup(*, upload: Upload, group: Group, reason: str = "") -> Upload:

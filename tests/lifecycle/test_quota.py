@@ -244,3 +244,25 @@ def test_a_tus_upload_past_the_cap_per_contributor_is_refused_at_creation(api, p
     assert Upload.objects.count() == 1
     earlier = at - timedelta(seconds=pool.window_seconds)  # another window: room again
     assert location(create(api(contributor), pool, 500, metadata(timestamp=iso(earlier))))
+
+
+@pytest.mark.django_db
+def test_a_batch_over_the_quota_says_what_the_pool_held_before_it(api, pool, contributor, manager):
+    """Top level: the pool's usage before the batch (API.md); the refused item: its usage with the
+    batch's earlier items counted."""
+    pool.quota_bytes = 1000
+    pool.save()
+    assert upload(api(contributor), pool, 100, seed=9).status_code == 202
+    files = {"a": payload(400, seed=1), "b": payload(400, seed=2), "c": payload(400, seed=3)}
+    form: dict[str, Any] = {"manifest": json.dumps({"items": [{"file": name, "timestamp": WHEN} for name in files]})}
+    form.update({name: named(data, f"{name}.bin") for name, data in files.items()})
+
+    response = api(contributor).post(f"/api/v1/pools/{pool.id}/batches", form, format="multipart")
+
+    assert response.status_code == 413
+    details = response.json()["error"]["details"]
+    assert (details["quota_bytes"], details["used_bytes"]) == (1000, 100)
+    [item] = details["items"]
+    assert (item["file"], item["code"], item["details"]) == ("c", "quota_exceeded",
+                                                             {"quota_bytes": 1000, "used_bytes": 900})
+    assert usage(api, manager, pool)["stored_bytes"] == 100
