@@ -34,7 +34,7 @@ from pymongo.database import Database
 from pymongo.errors import PyMongoError
 
 GRIDFS_CHUNK_BYTES = 255 * 1024  # GridFS's default chunk size, so any GridFS reader works
-CHUNKS_PER_INSERT = 4  # about 1 MB per round trip, and per read batch
+CHUNKS_PER_INSERT = 4  # GridFS chunks per read batch (about 1 MB per round trip)
 READ_BYTES = 1024 * 1024  # what the chunk helpers read from a file-like source at a time
 IDS_PER_QUERY = 1000
 
@@ -142,52 +142,18 @@ def io_chunks(source: IO[bytes], *, chunk_bytes: int = READ_BYTES) -> Iterator[b
 
 def file_write(*, bucket: Bucket, file_id: UUID | str, filename: str, chunks: Iterable[bytes],
                metadata: dict[str, Any] | None = None) -> StoredFile:
-    """Write a file in GridFS's layout, a few chunks per insert, recording its length and sha256.
+    """Write one file in GridFS's layout, recording its length and sha256 (`files_write` of one file).
 
     Not through GridIn: it buffers up to 48 MB of chunk documents before inserting them. The
     files document is written last, so a crash leaves only chunks (no file: `file_delete` clears
     them); on any error here the chunks written so far are removed before the error goes on.
     Raises FileStoreUnavailable when the store fails (errors of `chunks` itself go on unchanged).
     """
-    key = _id(file_id)
-    digest = hashlib.sha256()
-    pending: list[dict[str, Any]] = []
-    buffer = bytearray()
-    n = length = 0
-
-    def add(data: bytes) -> None:
-        nonlocal n
-        pending.append({"files_id": key, "n": n, "data": Binary(data)})
-        n += 1
-        if len(pending) >= CHUNKS_PER_INSERT:
-            _chunks(bucket).insert_many(pending, ordered=True)
-            pending.clear()
-
-    try:
-        _indexes_ensure(bucket)
-        for piece in chunks:
-            length += len(piece)
-            digest.update(piece)
-            buffer += piece
-            while len(buffer) >= GRIDFS_CHUNK_BYTES:
-                add(bytes(buffer[:GRIDFS_CHUNK_BYTES]))
-                del buffer[:GRIDFS_CHUNK_BYTES]
-        if buffer:
-            add(bytes(buffer))
-        if pending:
-            _chunks(bucket).insert_many(pending, ordered=True)
-        document: dict[str, Any] = {
-            "_id": key, "length": length, "chunkSize": GRIDFS_CHUNK_BYTES, "uploadDate": _now_ms(),
-            "filename": filename, "metadata": metadata or {}, "sha256": digest.hexdigest()}
-        _files(bucket).insert_one(document)
-    except BaseException as exc:
-        # Chunks without a files document are no file; the next write or delete clears them.
-        with contextlib.suppress(PyMongoError):
-            _chunks(bucket).delete_many({"files_id": key})
-        if isinstance(exc, PyMongoError):
-            raise FileStoreUnavailable(f"the file store refused {bucket}/{key}: {exc}") from exc
-        raise
-    return _stored(bucket, document)
+    outcome = files_write(bucket=bucket, files=[FileToWrite(file_id=file_id, filename=filename, chunks=chunks,
+                                                            metadata=metadata or {})])[_id(file_id)]
+    if isinstance(outcome, Exception):
+        raise outcome
+    return outcome
 
 
 @dataclass(frozen=True)
