@@ -1571,7 +1571,9 @@
     if (frame.type === "upload.status") {
       const id = String(frame.upload_id);
       const item = state.items.get(id);
-      text = "upload " + (item ? item.file.name : id.slice(0, 8)) + " is " + frame.status;
+      const shown = document.querySelector('tr[data-upload-id="' + CSS.escape(id) + '"] td');
+      const name = item ? item.file.name : (shown ? shown.textContent : "");
+      text = (name ? "upload " + name : "an upload of yours (" + id.slice(0, 8) + ")") + " is " + frame.status;
       if (item) applyStatus(item, frame.status);
       else state.early.set(id, frame);
       for (const tr of document.querySelectorAll('tr[data-upload-id="' + CSS.escape(id) + '"]')) {
