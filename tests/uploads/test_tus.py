@@ -15,6 +15,7 @@ from tests.conftest import error_code, make_user
 from tests.uploads.conftest import WHEN, WHEN_DT, payload, sha
 from uploads.models import Upload
 from uploads.staging import staging_used_bytes
+from uploads.transfer_limits import transfer_release, transfer_reserve
 from uploads.tus import tus_uploads_expire
 
 pytestmark = pytest.mark.django_db
@@ -324,8 +325,6 @@ def test_the_users_cap_is_honoured(api, pool, contributor, settings):
 
 
 def test_tus_uploads_and_websocket_transfers_share_one_cap(api, pool, contributor, settings):
-    from uploads.transfer_limits import transfer_release, transfer_reserve
-
     settings.POOLHUB_USER_STAGING_BYTES = 10_000
     transfer_reserve(user_id=contributor.pk, transfer_id="a-socket-transfer", size=8_000)
     over = create(api(contributor), pool, 3_000)
