@@ -139,17 +139,21 @@ class Stack:
 
     def start_processes(self) -> None:
         self.metrics_dir()
-        self.start_web()
+        self.start_web(processes=self.web_processes())
         self.start_worker()
         self.start_beat()
+
+    def web_processes(self) -> int:
+        """WEB_CONCURRENCY web processes on one port (uvicorn's --workers), default one per core."""
+        return int(self.env.get("WEB_CONCURRENCY") or os.cpu_count() or 1)
 
     def start_web(self, processes: int = 1) -> None:
         self.spawn("web", self.web_args(processes=processes))
         log(f"web (ASGI: API, websockets, admin) on http://{self.env.get('HOST', '127.0.0.1')}:"
-            f"{self.env.get('PORT', '8000')}/")
+            f"{self.env.get('PORT', '8000')}/, {processes} process(es)")
 
     def start_worker(self, loglevel: str = "INFO") -> None:
-        concurrency = self.env.get("CELERY_CONCURRENCY", "2")
+        concurrency = self.env.get("CELERY_CONCURRENCY") or str(self.web_processes())  # matches the web
         queue = self.env.get("CELERY_QUEUE", "poolhub")
         self.spawn("worker", [str(BIN_DIR / "celery"), "-A", "celery_app", *self.quiet(), "worker", "--loglevel",
                               loglevel, "--concurrency", concurrency, "--prefetch-multiplier", "1", "-Q", queue,

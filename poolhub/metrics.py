@@ -83,7 +83,7 @@ _EVENT_COUNTERS: dict[str, Counter] = {
     "result.available": RESULTS,
 }
 # Task names are explicit and few (DESIGN.md); anything else is counted as "other".
-_TASK_NAME = re.compile(r"^(uploads|batching|notifications|accounts|poolhub)[._][a-z0-9_.]+$")
+_TASK_NAME = re.compile(r"^(uploads?|staging|transfers|tus|batching|notifications|accounts|poolhub)[._][a-z0-9_.]+$")
 
 
 # --- counting where things happen -------------------------------------------------------------
