@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import os
 
-from django.core.asgi import get_asgi_application
+import django
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "poolhub.settings")
-django_asgi_app = get_asgi_application()
+django.setup(set_prefix=False)
+
+from uploads.api.hotpath import UploadHotPath  # noqa: E402
+
+django_asgi_app = UploadHotPath()  # Django's ASGI handler; upload POSTs take one hop to a kept thread
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 

@@ -426,3 +426,7 @@ POOLHUB_STORE_BATCH_BYTES = env_int("POOLHUB_STORE_BATCH_BYTES", 8 * 1024 * 1024
 CELERY_BEAT_SCHEDULE["uploads_pending_kick"] = {
     "task": "uploads_pending_kick", "schedule": float(POOLHUB_STORE_KICK_SECONDS),
 }
+# The upload hot path (uploads/api/hotpath.py): upload and batch POSTs run on this many kept threads
+# per web process, each keeping its database connection for up to POOLHUB_UPLOAD_CONN_MAX_AGE seconds.
+POOLHUB_UPLOAD_THREADS = env_int("POOLHUB_UPLOAD_THREADS", 8)
+POOLHUB_UPLOAD_CONN_MAX_AGE = env_int("POOLHUB_UPLOAD_CONN_MAX_AGE", 300)
