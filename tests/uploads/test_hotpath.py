@@ -1,4 +1,4 @@
-"""The upload hot path (uploads/api/hotpath.py) answers through the real ASGI application exactly as the REST path does."""
+"""The upload hot path (uploads/api/hotpath.py) answers through the ASGI application as the REST path does."""
 
 from __future__ import annotations
 
@@ -16,8 +16,11 @@ from .conftest import WHEN, assert_nothing_left, payload, sha
 
 
 @pytest.fixture(autouse=True)
-def _close_connections_after_each_request(settings: Any) -> None:
+def kicks(settings: Any, monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
     settings.POOLHUB_UPLOAD_CONN_MAX_AGE = 0  # kept threads keep no connection past a test (the test db is dropped)
+    sent: list[list[str]] = []  # no worker here: the store kicks are recorded, not left in the broker
+    monkeypatch.setattr("uploads.services.store_kick", lambda *, upload_ids: sent.append([str(i) for i in upload_ids]))
+    return sent
 
 
 def asgi_post(path: str, *, files: dict[str, Any], data: dict[str, str], headers: dict[str, str]) -> httpx.Response:
@@ -38,7 +41,7 @@ def upload(pool: Pool, user: User | None, content: bytes, **form: str) -> httpx.
 
 
 def test_an_upload_through_the_asgi_application_is_accepted_with_its_facts(
-        transactional_db: Any, pool: Pool, contributor: User) -> None:
+        transactional_db: Any, pool: Pool, contributor: User, kicks: list[list[str]]) -> None:
     content = payload(200 * 1024)
 
     response = upload(pool, contributor, content, sha256=sha(content))
@@ -48,10 +51,11 @@ def test_an_upload_through_the_asgi_application_is_accepted_with_its_facts(
     assert body["sha256"] == sha(content) and body["size"] == len(content) and body["filename"] == "update.bin"
     assert len(response.headers["X-Request-ID"]) == 32
     assert Upload.objects.get(id=body["id"]).uploader_id == contributor.id
+    assert kicks == [[body["id"]]]  # committed, then handed to the store
 
 
 def test_refusals_keep_the_contract_and_leave_nothing(
-        transactional_db: Any, pool: Pool, contributor: User, outsider: User) -> None:
+        transactional_db: Any, pool: Pool, contributor: User, outsider: User, kicks: list[list[str]]) -> None:
     content = payload(1024)
 
     anonymous = upload(pool, None, content)
@@ -62,6 +66,7 @@ def test_refusals_keep_the_contract_and_leave_nothing(
     assert not_member.status_code == 404
     assert wrong_sum.status_code == 400 and set(wrong_sum.json()["error"]) == {"code", "message", "details"}
     assert_nothing_left()
+    assert kicks == []
 
 
 def test_a_repeated_idempotency_key_replays_the_first_answer(
