@@ -344,7 +344,7 @@ RUN_SECONDS = 300
 
 def purge_expired(*, now: datetime | None = None, batch: int | None = None,
                   max_batches: int | None = None) -> PurgeReport:
-    """The retention job (beat, `lifecycle.purge_expired`): in batches, uploads and results past
+    """The retention job (beat, `purge_expired`): in batches, uploads and results past
     their pool's `retention_days` (never a pool's latest result, never an upload of a group being
     exported) and failed uploads kept past POOLHUB_FAILED_UPLOAD_KEEP_DAYS leave the file store
     and staging. Finishes what a killed run left first. Safe to run twice at once."""

@@ -181,14 +181,14 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {}
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 # Rounds (batching): close due windows and end expired leases every few seconds.
 POOLHUB_ROUNDS_BEAT_SECONDS = env_int("POOLHUB_ROUNDS_BEAT_SECONDS", 10)
-CELERY_BEAT_SCHEDULE["batching.groups_close_due"] = {
-    "task": "batching.groups_close_due", "schedule": float(POOLHUB_ROUNDS_BEAT_SECONDS),
+CELERY_BEAT_SCHEDULE["groups_close_due"] = {
+    "task": "groups_close_due", "schedule": float(POOLHUB_ROUNDS_BEAT_SECONDS),
 }
-CELERY_BEAT_SCHEDULE["batching.leases_expire"] = {
-    "task": "batching.leases_expire", "schedule": float(POOLHUB_ROUNDS_BEAT_SECONDS),
+CELERY_BEAT_SCHEDULE["leases_expire"] = {
+    "task": "leases_expire", "schedule": float(POOLHUB_ROUNDS_BEAT_SECONDS),
 }
-CELERY_BEAT_SCHEDULE["batching.webhooks_redrive_stuck"] = {
-    "task": "batching.webhooks_redrive_stuck", "schedule": 300.0,
+CELERY_BEAT_SCHEDULE["webhooks_redrive_stuck"] = {
+    "task": "webhooks_redrive_stuck", "schedule": 300.0,
 }
 POOLHUB_WEBHOOK_TIMEOUT_SECONDS = env_int("POOLHUB_WEBHOOK_TIMEOUT_SECONDS", 10)
 POOLHUB_WEBHOOK_MAX_ATTEMPTS = env_int("POOLHUB_WEBHOOK_MAX_ATTEMPTS", 8)
@@ -353,7 +353,7 @@ POOLHUB_PURGE_BATCH = env_int("POOLHUB_PURGE_BATCH", 200)
 POOLHUB_PURGE_MAX_BATCHES = env_int("POOLHUB_PURGE_MAX_BATCHES", 50)
 # A failed upload's staged bytes are kept for re-drive this many days, then released (0: never).
 POOLHUB_FAILED_UPLOAD_KEEP_DAYS = env_int("POOLHUB_FAILED_UPLOAD_KEEP_DAYS", 14)
-CELERY_BEAT_SCHEDULE["lifecycle.purge_expired"] = {"task": "lifecycle.purge_expired",
+CELERY_BEAT_SCHEDULE["purge_expired"] = {"task": "purge_expired",
                                                    "schedule": float(POOLHUB_PURGE_INTERVAL_SECONDS)}
 
 # --- harden (docs/configuration.md "Security and limits") -----------------------------------
