@@ -8,7 +8,7 @@ Redis database (it creates pools and users there and flushes that Redis database
         .venv/bin/python manage.py migrate
     DATABASE_URL=... REDIS_URL=... .venv/bin/python tools/measure_usage_lock.py [--uploads 10] [--rounds 3]
 
-16 processes (as 16 web workers would be) each send `--uploads` uploads of 200 KiB through the
+16 processes (as 16 web workers would be) each send `--uploads` uploads of `--size` bytes (200 KiB) through the
 upload endpoint, in process (Django's test client: the view, the Redis staging and the accepting
 transaction; the store task is not sent). Scenarios: all 16 to one pool; spread over 4 pools;
 one pool with the counter's reservation left out (what the lock costs at most). Prints files/s.
@@ -49,8 +49,8 @@ def _setup(*, without_counter: bool) -> None:
         uploads.services.upload_admit = lambda **kwargs: None
 
 
-def _send(args: tuple[str, str, int, Any, bool]) -> float:
-    token, pool_id, count, barrier, without_counter = args
+def _send(args: tuple[str, str, int, int, Any, bool]) -> float:
+    token, pool_id, count, size, barrier, without_counter = args
     _setup(without_counter=without_counter)
     from django.db import connection
     from rest_framework.test import APIClient
@@ -61,7 +61,7 @@ def _send(args: tuple[str, str, int, Any, bool]) -> float:
     barrier.wait()
     started = time.perf_counter()
     for _ in range(count):
-        handle = _named(secrets.token_bytes(SIZE))
+        handle = _named(secrets.token_bytes(size))
         stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         response = client.post(f"/api/v1/pools/{pool_id}/uploads", {"file": handle, "timestamp": stamp},
                                format="multipart")
@@ -79,7 +79,7 @@ def _named(data: bytes) -> Any:
     return handle
 
 
-def _scenario(name: str, pools: int, uploads: int, without_counter: bool) -> float:
+def _scenario(name: str, pools: int, uploads: int, size: int, without_counter: bool) -> float:
     from accounts.models import Membership, Pool, Role, User
     from accounts.tokens import token_pair_issue
     from poolhub.redis import redis_client
@@ -95,7 +95,7 @@ def _scenario(name: str, pools: int, uploads: int, without_counter: bool) -> flo
     manager = multiprocessing.Manager()
     barrier = manager.Barrier(PROCESSES + 1)
     with multiprocessing.get_context("spawn").Pool(PROCESSES) as workers:
-        pending = workers.map_async(_send, [(token, pool_id, uploads, barrier, without_counter)
+        pending = workers.map_async(_send, [(token, pool_id, uploads, size, barrier, without_counter)
                                             for token, pool_id in tokens])
         barrier.wait()
         started = time.perf_counter()
@@ -111,6 +111,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--uploads", type=int, default=10, help="uploads per process")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--size", type=int, default=SIZE, help="bytes per upload")
     options = parser.parse_args()
     _setup(without_counter=False)
     from django.db import connection
@@ -118,9 +119,9 @@ def main() -> None:
     if connection.vendor != "postgresql":
         raise SystemExit("run it on PostgreSQL (DATABASE_URL): SQLite runs one writer at a time anyway")
     for _ in range(options.rounds):
-        _scenario("16 processes, one pool", 1, options.uploads, False)
-        _scenario("16 processes, 4 pools", 4, options.uploads, False)
-        _scenario("16 processes, one pool, no counter", 1, options.uploads, True)
+        _scenario("16 processes, one pool", 1, options.uploads, options.size, False)
+        _scenario("16 processes, 4 pools", 4, options.uploads, options.size, False)
+        _scenario("16 processes, one pool, no counter", 1, options.uploads, options.size, True)
 
 
 if __name__ == "__main__":
