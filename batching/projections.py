@@ -9,17 +9,18 @@ from uuid import UUID
 from django.db import transaction
 
 from batching.models import Group, GroupStatus
+from uploads.event_types import EventType
 from uploads.models import Event
 
 # What each group event does to the group's status; events not listed leave it as it is.
 STATUS_AFTER: dict[str, GroupStatus] = {
-    "group.closed": GroupStatus.CLOSED,
-    "group.claimed": GroupStatus.EXPORTING,
-    "group.lease_expired": GroupStatus.CLOSED,
-    "group.lease_revoked": GroupStatus.CLOSED,
-    "group.reopened": GroupStatus.OPEN,
-    "result.available": GroupStatus.COMPLETED,
-    "group.skipped": GroupStatus.SKIPPED,  # closed by time with too few contributors (docs/lifecycle.md)
+    EventType.GROUP_CLOSED: GroupStatus.CLOSED,
+    EventType.GROUP_CLAIMED: GroupStatus.EXPORTING,
+    EventType.GROUP_LEASE_EXPIRED: GroupStatus.CLOSED,
+    EventType.GROUP_LEASE_REVOKED: GroupStatus.CLOSED,
+    EventType.GROUP_REOPENED: GroupStatus.OPEN,
+    EventType.RESULT_AVAILABLE: GroupStatus.COMPLETED,
+    EventType.GROUP_SKIPPED: GroupStatus.SKIPPED,  # closed by time with too few contributors (docs/lifecycle.md)
 }
 
 
@@ -29,9 +30,9 @@ def group_state(events: Iterable[Event]) -> tuple[str, int, datetime | None]:
     for event in events:
         version = event.version
         status = STATUS_AFTER.get(event.type, status)
-        if event.type in ("group.closed", "group.skipped"):
+        if event.type in (EventType.GROUP_CLOSED, EventType.GROUP_SKIPPED):
             closed_at = event.at
-        elif event.type == "group.reopened":
+        elif event.type == EventType.GROUP_REOPENED:
             closed_at = None
     return str(status), version, closed_at
 

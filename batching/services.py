@@ -29,6 +29,7 @@ from lifecycle.services import pool_bytes_add
 from poolhub.errors import BadRequest, Conflict, Forbidden, Unavailable
 from poolhub.filestore import Bucket, FileStoreError, StoredFile, file_delete, file_write, io_chunks
 from uploads.checks import timestamp_age_check
+from uploads.event_types import EventType
 from uploads.events import event_append
 
 logger = logging.getLogger(__name__)
@@ -141,7 +142,7 @@ def group_for_upload(*, pool: Pool, timestamp: datetime) -> Group:
         # of uploads joining the group (two of them each waiting for the other's would deadlock);
         # late uploads to one group append to its stream one at a time.
         locked = Group.objects.select_for_update(no_key=True, of=("self",)).select_related("pool").get(id=target.id)
-        _append(locked, "group.late_upload", {
+        _append(locked, EventType.GROUP_LATE_UPLOAD, {
             "group": str(locked.id), "timestamp": timestamp.isoformat(), "window_start": start.isoformat(),
             "policy": pool.late_policy, "moved": locked.window_start != start,
         })
@@ -156,7 +157,9 @@ def _close_rules_on_commit(*, pool: Pool, group: Group) -> None:
     from batching import tasks  # late: tasks import this module
 
     group_id = str(group.id)
-    transaction.on_commit(lambda: tasks.group_close_if_rules_met.delay(group_id))
+    # robust: the upload is committed; a broker that is down must not fail its request now
+    # (beat's close of due windows still closes the group).
+    transaction.on_commit(lambda: tasks.group_close_if_rules_met.delay(group_id), robust=True)
 
 
 # --- closing -----------------------------------------------------------------------------------
@@ -170,7 +173,7 @@ def group_close(*, group_id: UUID | str, reason: str) -> Group:
             return group
         group.status = GroupStatus.CLOSED
         group.hold_until = None
-        event = _append(group, "group.closed", {"group": str(group.id)})
+        event = _append(group, EventType.GROUP_CLOSED, {"group": str(group.id)})
         _closed_at(group, event.at)
         webhooks.webhook_schedule(group=group, event_seq=event.seq, reason=reason)
     logger.info("group %s closed (%s)", group.id, reason)
@@ -207,7 +210,7 @@ def _group_skip(*, group: Group, contributors: int, now: datetime) -> Group:
         data["rolled_into"] = str(target.id)
     group.status = GroupStatus.SKIPPED
     group.hold_until = None
-    event = _append(group, "group.skipped", data)
+    event = _append(group, EventType.GROUP_SKIPPED, data)
     _closed_at(group, event.at)
     logger.info("group %s skipped: %d of %s contributors (%s)", group.id, contributors, pool.min_contributors,
                 pool.short_round_policy)
@@ -267,7 +270,7 @@ def _lease_end(*, group: Group, lease: Lease, reason: LeaseEnd, now: datetime) -
     if reason == LeaseEnd.COMPLETED or group.status != GroupStatus.EXPORTING:
         return
     group.status = GroupStatus.CLOSED
-    type = "group.lease_expired" if reason == LeaseEnd.EXPIRED else "group.lease_revoked"
+    type = EventType.GROUP_LEASE_EXPIRED if reason == LeaseEnd.EXPIRED else EventType.GROUP_LEASE_REVOKED
     _append(group, type, {"group": str(group.id), "lease_id": str(lease.id)})
 
 
@@ -298,7 +301,7 @@ def group_claim(*, group_id: UUID | str, exporter: User) -> Lease:
         lease = Lease.objects.create(group=group, exporter=exporter,
                                      expires_at=now + timedelta(seconds=group.pool.lease_seconds))
         group.status = GroupStatus.EXPORTING
-        _append(group, "group.claimed", {"group": str(group.id), "lease_id": str(lease.id),
+        _append(group, EventType.GROUP_CLAIMED, {"group": str(group.id), "lease_id": str(lease.id),
                                          "expires_at": lease.expires_at.isoformat()})
     return lease
 
@@ -407,7 +410,7 @@ def _result_commit(*, group_id: UUID, lease_id: UUID, result_id: UUID, stored: S
         _lease_end(group=group, lease=lease, reason=LeaseEnd.COMPLETED, now=_now())
         pool_bytes_add(pool_id=group.pool_id, size=result.size)
         group.status = GroupStatus.COMPLETED
-        _append(group, "result.available", {
+        _append(group, EventType.RESULT_AVAILABLE, {
             "group": str(group.id), "result_id": str(result.id), "size": result.size, "sha256": result.sha256,
             "url": result_content_path(result_id=result.id),
         })
@@ -434,7 +437,7 @@ def group_reopen(*, group_id: UUID | str) -> Group:
         group.status = GroupStatus.OPEN
         group.closed_at = None
         group.hold_until = now + timedelta(seconds=group.pool.grace_seconds)
-        _append(group, "group.reopened", {"group": str(group.id)})
+        _append(group, EventType.GROUP_REOPENED, {"group": str(group.id)})
     return group
 
 
@@ -447,7 +450,7 @@ def group_reexport(*, group_id: UUID | str) -> Group:
             raise Conflict("the group is still open; close it instead")
         _revoke_leases(group, _now())
         group.status = GroupStatus.CLOSED
-        event = _append(group, "group.closed", {"group": str(group.id)})
+        event = _append(group, EventType.GROUP_CLOSED, {"group": str(group.id)})
         _closed_at(group, event.at)
         webhooks.webhook_schedule(group=group, event_seq=event.seq, reason="reexport")
     return group

@@ -11,21 +11,21 @@ from django.conf import settings
 from batching import services, webhooks
 
 
-@shared_task(name="batching.groups_close_due", acks_late=True, reject_on_worker_lost=True,
+@shared_task(name="groups_close_due", acks_late=True, reject_on_worker_lost=True,
              soft_time_limit=120, time_limit=180)
 def groups_close_due() -> list[str]:
     """Beat: close windows past their end plus grace (and groups whose close rule is met)."""
     return [str(group_id) for group_id in services.groups_close_due()]
 
 
-@shared_task(name="batching.leases_expire", acks_late=True, reject_on_worker_lost=True,
+@shared_task(name="leases_expire", acks_late=True, reject_on_worker_lost=True,
              soft_time_limit=120, time_limit=180)
 def leases_expire() -> list[str]:
     """Beat: leases past their time end; their groups return to `closed`."""
     return [str(lease_id) for lease_id in services.leases_expire()]
 
 
-@shared_task(name="batching.group_close_if_rules_met", acks_late=True, reject_on_worker_lost=True,
+@shared_task(name="group_close_if_rules_met", acks_late=True, reject_on_worker_lost=True,
              soft_time_limit=60, time_limit=90)
 def group_close_if_rules_met(group_id: str) -> None:
     services.group_close_if_rules_met(group_id=group_id)
@@ -37,7 +37,7 @@ def _backoff(retries: int) -> float:
     return min(base, 3600) * random.uniform(0.5, 1.0)
 
 
-@shared_task(bind=True, name="batching.webhook_deliver", acks_late=True, reject_on_worker_lost=True,
+@shared_task(bind=True, name="webhook_deliver", acks_late=True, reject_on_worker_lost=True,
              soft_time_limit=60, time_limit=90)
 def webhook_deliver(self: Any, delivery_id: str) -> str:
     try:
@@ -49,7 +49,7 @@ def webhook_deliver(self: Any, delivery_id: str) -> str:
                          max_retries=settings.POOLHUB_WEBHOOK_MAX_ATTEMPTS) from exc
 
 
-@shared_task(name="batching.webhooks_redrive_stuck", acks_late=True, reject_on_worker_lost=True,
+@shared_task(name="webhooks_redrive_stuck", acks_late=True, reject_on_worker_lost=True,
              soft_time_limit=60, time_limit=90)
 def webhooks_redrive_stuck() -> int:
     """Beat: re-send webhook deliveries whose task was lost."""

@@ -160,7 +160,7 @@ def fig_storm(bench: Bench, entry: dict[str, Any]) -> None:
     bench.repeaters[f"11: {n} sockets opened at once, authenticated"] = (["web"], again)
     entry["setup"].append(
         f"{n} pool members' sockets opened at the same instant from {bench.plan.socket_loadgens} load generator "
-        f"processes against {bench.stack.web_processes} web processes; each sends `connect` with its access token "
+        f"processes against {bench.stack.web_count} web processes; each sends `connect` with its access token "
         "as soon as the handshake completes (no pacing). Then every socket is dropped without a closing handshake "
         "(devices vanishing), and Redis is asked how many web processes are still subscribed to the pool's group "
         "(`PUBSUB NUMSUB`: a process stays subscribed while any channel is in the group). Baseline: the same number "
@@ -221,7 +221,7 @@ def fig_broadcast(bench: Bench, entry: dict[str, Any]) -> None:
     entry["rows"] += summarise_broadcast(stats, n)
     entry["setup"].append(
         f"{n} websocket clients (each its own pool member, authenticated with a `connect` frame), spread over "
-        f"{bench.plan.socket_loadgens} load generator processes, against {bench.stack.web_processes} web "
+        f"{bench.plan.socket_loadgens} load generator processes, against {bench.stack.web_count} web "
         "processes; per run a fresh group is closed and claimed, then the clock starts as the exporter sends "
         "`POST /groups/{id}/result` and stops at each socket's `result.available` for that group (one monotonic "
         f"clock for all processes). Delivered to {min(delivered, default=0)}-{max(delivered, default=0)} of {n} "

@@ -9,6 +9,9 @@ A `Purge` row says that an upload's or a result's content is gone from the file 
 a failed upload, from staging); the upload or result row and its events stay. `removed_at` is
 set once the bytes are actually deleted: a purge killed between the two steps is finished by
 the next run of the job.
+
+A `RetentionMark` is where the retention job's scan of a pool's uploads starts: every upload of
+the pool created before `uploads_from` has its `Purge`, so a run never looks at them again.
 """
 
 from __future__ import annotations
@@ -47,3 +50,12 @@ class Purge(models.Model):
 
     def __str__(self) -> str:
         return f"{self.stream_type}:{self.stream_id} ({self.reason})"
+
+
+class RetentionMark(models.Model):
+    pool = models.OneToOneField("accounts.Pool", on_delete=models.CASCADE, primary_key=True,
+                                related_name="retention_mark")
+    uploads_from = models.DateTimeField()  # every upload created before it has its Purge
+
+    def __str__(self) -> str:
+        return f"{self.pool_id}: uploads from {self.uploads_from.isoformat()}"

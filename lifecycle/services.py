@@ -2,7 +2,8 @@
 (quota and the per-contributor cap), and content leaving the file store (retention, failed
 uploads released or discarded).
 
-Lock order: every transaction here changes the `PoolUsage` row last, after its event is
+Lock order: acceptance holds the contributor's membership row (for the cap per window) before
+its event and the counter; every transaction here changes the `PoolUsage` row last, after its event is
 appended, as acceptance and result posting do (their event log and group locks come first), so
 no two transactions ever wait on each other in opposite orders.
 
@@ -23,26 +24,21 @@ from typing import Any
 from uuid import UUID
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
-from django.db.models import Exists, F, OuterRef, QuerySet, Sum
+from django.db import IntegrityError, connection, transaction
+from django.db.models import Exists, F, Max, OuterRef, QuerySet, Sum
 from django.utils import timezone
 
-from accounts.models import Pool, User
+from accounts.models import Membership, Pool, User
 from batching.models import Group, GroupStatus, Result
-from lifecycle.models import PoolUsage, Purge, PurgeReason
-from poolhub.errors import ApiError, Conflict, NotFound
+from lifecycle.models import PoolUsage, Purge, PurgeReason, RetentionMark
+from lifecycle.selectors import cap_reached, pool_used_bytes, quota_exceeded
+from poolhub.errors import Conflict, NotFound
 from poolhub.filestore import Bucket, file_delete
 from uploads.events import event_append
 from uploads.models import Event, Upload, UploadStatus
 from uploads.staging import staging_drop
 
 logger = logging.getLogger(__name__)
-
-
-class QuotaExceeded(ApiError):
-    status_code = 413
-    default_code = "quota_exceeded"
-    default_detail = "this upload would take the pool past its quota"
 
 
 # --- usage and admission ------------------------------------------------------------------------
@@ -96,13 +92,37 @@ def pool_usage_recount(*, pool_id: UUID) -> tuple[int, int]:
     return before, usage.bytes
 
 
+def _transaction() -> Any:
+    """The current transaction's outermost atomic block (not a test case's wrapper), or None."""
+    blocks = [block for block in connection.atomic_blocks if not getattr(block, "_from_testcase", False)]
+    return blocks[0] if blocks else None
+
+
+def _held_before(*, pool_id: UUID) -> dict[UUID, int]:
+    """Per pool, what it held before this transaction's first reservation (a batch's usage before
+    it), kept on the connection for the current transaction only."""
+    current = _transaction()
+    kept = getattr(connection, "_poolhub_held_before", None)
+    if kept is None or kept[0] is not current:
+        kept = (current, {})
+        connection._poolhub_held_before = kept  # type: ignore[attr-defined]
+    return kept[1]
+
+
 def pool_bytes_reserve(*, pool: Pool, size: int) -> None:
     """Count `size` more bytes for the pool, or 413 `quota_exceeded` if that would pass its quota.
     Call inside the transaction that records what holds them: its rollback gives them back."""
+    if pool.quota_bytes is None:
+        _usage_change(pool_id=pool.id, delta=size)
+        return
+    before = _held_before(pool_id=pool.id)
     if not _usage_change(pool_id=pool.id, delta=size, quota=pool.quota_bytes):
-        used = PoolUsage.objects.filter(pool_id=pool.id).values_list("bytes", flat=True).first() or 0
-        raise QuotaExceeded(f"the pool may hold {pool.quota_bytes} bytes and holds {used}; this upload of "
-                            f"{size} bytes does not fit", details={"quota_bytes": pool.quota_bytes, "used_bytes": used})
+        used = pool_used_bytes(pool_id=pool.id)
+        raise quota_exceeded(quota=pool.quota_bytes, used=used, size=size, used_before=before.get(pool.id, used))
+    if pool.id not in before and connection.in_atomic_block:
+        # This transaction holds the counter's row lock now: what it holds, less this upload, is
+        # what the pool held before the transaction (its batch) began to reserve.
+        before[pool.id] = pool_used_bytes(pool_id=pool.id) - size
 
 
 def pool_bytes_add(*, pool_id: UUID, size: int) -> None:
@@ -110,16 +130,28 @@ def pool_bytes_add(*, pool_id: UUID, size: int) -> None:
     _usage_change(pool_id=pool_id, delta=size)
 
 
+def _contributor_lock(*, pool: Pool, uploader: User) -> None:
+    """Hold the uploader's membership row of this pool (the user's row for an admin without one)
+    until the transaction ends, so that counting their uploads and adding one is a single step:
+    a concurrent upload by the same contributor to this pool waits here, then counts the first
+    one (on PostgreSQL each statement sees what committed before it). FOR NO KEY UPDATE: rows
+    that merely reference it (key-share locks) are not held up. SQLite: its IMMEDIATE
+    transactions already run one writer at a time."""
+    memberships = Membership.objects.select_for_update(no_key=True).filter(pool=pool, user=uploader)
+    if not list(memberships.values_list("id", flat=True)):
+        list(User.objects.select_for_update(no_key=True).filter(pk=uploader.pk).values_list("pk", flat=True))
+
+
 def upload_admit(*, pool: Pool, uploader: User, group: Group, size: int) -> None:
     """Acceptance calls this inside its transaction for each new upload, after choosing its group:
-    the pool's cap on one contributor's uploads per window (409 `upload_cap_reached`), then its
-    quota (413 `quota_exceeded`). A batch is one transaction, so one refusal refuses it whole."""
+    the pool's cap on one contributor's uploads per window (409 `upload_cap_reached`; race-free
+    under the contributor's lock), then its quota (413 `quota_exceeded`). A batch is one
+    transaction, so one refusal refuses it whole."""
     cap = pool.max_uploads_per_contributor
-    if cap is not None and Upload.objects.filter(group=group, uploader=uploader).count() >= cap:
-        raise Conflict(f"you have sent this window's {cap} upload(s) already", code="upload_cap_reached",
-                       details={"max_uploads_per_contributor": cap, "group": str(group.id),
-                                "window_start": group.window_start.isoformat(),
-                                "window_end": group.window_end.isoformat()})
+    if cap is not None:
+        _contributor_lock(pool=pool, uploader=uploader)
+        if Upload.objects.filter(group=group, uploader=uploader).count() >= cap:
+            raise cap_reached(cap=cap, group=group)
     pool_bytes_reserve(pool=pool, size=size)
 
 
@@ -235,16 +267,50 @@ class PurgeReport:
         return self.uploads + self.results + self.released
 
 
+def _retention_pools(*, now: datetime) -> list[tuple[UUID, datetime, datetime | None]]:
+    """(pool, retention cutoff, where its scan of uploads starts) for every pool with a retention."""
+    marks = dict(RetentionMark.objects.values_list("pool_id", "uploads_from"))
+    return [(pool_id, now - timedelta(days=int(days or 0)), marks.get(pool_id))
+            for pool_id, days in Pool.objects.filter(retention_days__isnull=False).values_list("id", "retention_days")]
+
+
+def _kept_before(*, pool_id: UUID, cutoff: datetime, start: datetime | None) -> QuerySet[Upload]:
+    """The pool's uploads created before `cutoff` (from its mark on) whose content is still kept."""
+    rows = Upload.objects.filter(pool_id=pool_id, created_at__lt=cutoff)
+    if start is not None:
+        rows = rows.filter(created_at__gte=start)
+    return rows.exclude(_purged("upload"))
+
+
 def _expired_uploads(*, now: datetime, limit: int) -> list[UUID]:
     ids: list[UUID] = []
-    for pool_id, days in Pool.objects.filter(retention_days__isnull=False).values_list("id", "retention_days"):
-        rows: QuerySet[Upload] = (Upload.objects.filter(pool_id=pool_id, status=UploadStatus.STORED,
-                                                        created_at__lt=now - timedelta(days=int(days or 0)))
-                                  .exclude(group__status=GroupStatus.EXPORTING).exclude(_purged("upload")))
+    for pool_id, cutoff, start in _retention_pools(now=now):
+        rows = (_kept_before(pool_id=pool_id, cutoff=cutoff, start=start).filter(status=UploadStatus.STORED)
+                .exclude(group__status=GroupStatus.EXPORTING))
         ids += rows.order_by("created_at").values_list("id", flat=True)[:limit - len(ids)]
         if len(ids) >= limit:
             break
     return ids
+
+
+def retention_marks_advance(*, now: datetime) -> None:
+    """Move each pool's mark up to its oldest upload before the cutoff whose content is still
+    kept (in staging, failed and kept, under an export, or not reached by this run), or, when
+    every one is purged, to the newest of them: the next run starts there instead of reading
+    past every upload purged so far. A mark only moves forward (two runs at once are safe)."""
+    for pool_id, cutoff, start in _retention_pools(now=now):
+        mark = (_kept_before(pool_id=pool_id, cutoff=cutoff, start=start)
+                .order_by("created_at").values_list("created_at", flat=True).first())
+        if mark is None:  # all purged: new uploads are created after the newest of them
+            scanned = Upload.objects.filter(pool_id=pool_id, created_at__lt=cutoff)
+            if start is not None:
+                scanned = scanned.filter(created_at__gte=start)
+            mark = scanned.aggregate(newest=Max("created_at"))["newest"]
+        if mark is None or (start is not None and mark <= start):
+            continue
+        if not RetentionMark.objects.filter(pool_id=pool_id, uploads_from__lt=mark).update(uploads_from=mark):
+            RetentionMark.objects.bulk_create([RetentionMark(pool_id=pool_id, uploads_from=mark)],
+                                              ignore_conflicts=True)
 
 
 def _expired_results(*, now: datetime, limit: int) -> list[UUID]:
@@ -277,7 +343,7 @@ RUN_SECONDS = 300
 
 def purge_expired(*, now: datetime | None = None, batch: int | None = None,
                   max_batches: int | None = None) -> PurgeReport:
-    """The retention job (beat, `lifecycle.purge_expired`): in batches, uploads and results past
+    """The retention job (beat, `purge_expired`): in batches, uploads and results past
     their pool's `retention_days` (never a pool's latest result, never an upload of a group being
     exported) and failed uploads kept past POOLHUB_FAILED_UPLOAD_KEEP_DAYS leave the file store
     and staging. Finishes what a killed run left first. Safe to run twice at once."""
@@ -299,6 +365,7 @@ def purge_expired(*, now: datetime | None = None, batch: int | None = None,
         report.removed += purges_remove_pending(limit=batch * 3)
         if report.marked == before:
             break
+    retention_marks_advance(now=now)
     if report.marked or report.removed:
         logger.info("retention: %d upload(s) and %d result(s) purged, %d failed upload(s) released, "
                     "%d object(s) removed from the file store", report.uploads, report.results, report.released,

@@ -31,9 +31,10 @@ from django.db import close_old_connections
 from rest_framework.exceptions import APIException
 
 from accounts.models import User
-from notifications import gateway, transfers
+from notifications import gateway
 from notifications.selectors import ADMINS_GROUP, pool_group, user_group
 from poolhub.errors import ApiError, BadRequest, describe_error
+from uploads import transfers
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -21,7 +21,7 @@ from accounts.tokens import access_token_is_denied, access_token_is_denied_async
 from notifications.selectors import notification_events, notifications_for
 from poolhub.errors import ApiError, Unavailable
 from uploads.api.serializers import UploadOutput
-from uploads.selectors import upload_list
+from uploads.selectors import events_settle, upload_list
 
 RESUME_PAGE = 500
 HISTORY_LIMIT = 100
@@ -83,6 +83,7 @@ def notifications_page(*, user: User, pool_ids: set[str], after: int) -> tuple[l
     """The notifications for `user` among the next RESUME_PAGE candidate events after `after`:
     (frames in seq order, the last seq looked at, whether more may follow)."""
     is_admin = user_is_admin(user=user)
+    events_settle(after=after)  # events committed just now, still above the log's horizon (uploads.events)
     events = list(notification_events(user_id=user.pk, is_admin=is_admin, pool_ids=pool_ids,
                                       after=after)[:RESUME_PAGE])
     frames = list(notifications_for(events=events, user_id=user.pk, is_admin=is_admin, pool_ids=pool_ids))

@@ -15,11 +15,11 @@ from uuid import UUID
 from django.db.models import Q, QuerySet
 
 from batching.selectors import result_content_path
+from uploads.event_types import UPLOAD_PREFIX, EventType
 from uploads.models import Event
 from uploads.selectors import events_committed
 
-UPLOAD_PREFIX = "upload."
-POOL_EVENT_TYPES = ("group.closed", "result.available")
+POOL_EVENT_TYPES = (EventType.GROUP_CLOSED, EventType.RESULT_AVAILABLE)
 ADMINS_GROUP = "poolhub.admins"
 
 
@@ -71,7 +71,7 @@ def notification_for_event(*, event: Event) -> dict[str, Any] | None:
             return None  # an upload event that changes no status (the status push comes with the next one)
         return {"type": "upload.status", "seq": event.seq, "upload_id": str(event.stream_id),
                 "status": data["status"], "attempts": int(data.get("attempts") or 0)}
-    if event.type == "group.closed":
+    if event.type == EventType.GROUP_CLOSED:
         return {"type": "group.closed", "seq": event.seq, "pool": _str(event.pool_id),
                 "group": _str(data.get("group")) or str(event.stream_id)}
     if event.type == "result.available":

@@ -34,7 +34,7 @@ from pymongo.database import Database
 from pymongo.errors import PyMongoError
 
 GRIDFS_CHUNK_BYTES = 255 * 1024  # GridFS's default chunk size, so any GridFS reader works
-CHUNKS_PER_INSERT = 4  # about 1 MB per round trip, and per read batch
+CHUNKS_PER_INSERT = 4  # GridFS chunks per read batch (about 1 MB per round trip)
 READ_BYTES = 1024 * 1024  # what the chunk helpers read from a file-like source at a time
 IDS_PER_QUERY = 1000
 
@@ -142,52 +142,99 @@ def io_chunks(source: IO[bytes], *, chunk_bytes: int = READ_BYTES) -> Iterator[b
 
 def file_write(*, bucket: Bucket, file_id: UUID | str, filename: str, chunks: Iterable[bytes],
                metadata: dict[str, Any] | None = None) -> StoredFile:
-    """Write a file in GridFS's layout, a few chunks per insert, recording its length and sha256.
+    """Write one file in GridFS's layout, recording its length and sha256 (`files_write` of one file).
 
     Not through GridIn: it buffers up to 48 MB of chunk documents before inserting them. The
     files document is written last, so a crash leaves only chunks (no file: `file_delete` clears
     them); on any error here the chunks written so far are removed before the error goes on.
     Raises FileStoreUnavailable when the store fails (errors of `chunks` itself go on unchanged).
     """
-    key = _id(file_id)
-    digest = hashlib.sha256()
-    pending: list[dict[str, Any]] = []
-    buffer = bytearray()
-    n = length = 0
+    outcome = files_write(bucket=bucket, files=[FileToWrite(file_id=file_id, filename=filename, chunks=chunks,
+                                                            metadata=metadata or {})])[_id(file_id)]
+    if isinstance(outcome, Exception):
+        raise outcome
+    return outcome
 
-    def add(data: bytes) -> None:
-        nonlocal n
-        pending.append({"files_id": key, "n": n, "data": Binary(data)})
-        n += 1
-        if len(pending) >= CHUNKS_PER_INSERT:
-            _chunks(bucket).insert_many(pending, ordered=True)
+
+@dataclass(frozen=True)
+class FileToWrite:
+    """One file for `files_write`."""
+
+    file_id: UUID | str
+    filename: str
+    chunks: Iterable[bytes]
+    metadata: dict[str, Any]
+
+
+BATCH_INSERT_BYTES = 4 * 1024 * 1024  # chunk documents per insert_many in `files_write`, in bytes
+
+
+def files_write(*, bucket: Bucket, files: Iterable[FileToWrite]) -> dict[str, StoredFile | Exception]:
+    """Write several files as `file_write` does, their chunk documents sharing `insert_many` calls
+    (about BATCH_INSERT_BYTES each, never a whole file in memory) and their files documents one
+    `insert_many` at the end. Per file id: its StoredFile, or the error its own `chunks` raised
+    (that file's chunks are removed; the others go on). A store failure removes the chunks of
+    every file in the call and raises FileStoreUnavailable."""
+    outcome: dict[str, StoredFile | Exception] = {}
+    documents: list[dict[str, Any]] = []
+    pending: list[dict[str, Any]] = []
+    pending_bytes = 0
+    keys: list[str] = []
+
+    def flush() -> None:
+        nonlocal pending_bytes
+        if pending:
+            _chunks(bucket).insert_many(pending, ordered=False)
             pending.clear()
+            pending_bytes = 0
 
     try:
         _indexes_ensure(bucket)
-        for piece in chunks:
-            length += len(piece)
-            digest.update(piece)
-            buffer += piece
-            while len(buffer) >= GRIDFS_CHUNK_BYTES:
-                add(bytes(buffer[:GRIDFS_CHUNK_BYTES]))
-                del buffer[:GRIDFS_CHUNK_BYTES]
-        if buffer:
-            add(bytes(buffer))
-        if pending:
-            _chunks(bucket).insert_many(pending, ordered=True)
-        document: dict[str, Any] = {
-            "_id": key, "length": length, "chunkSize": GRIDFS_CHUNK_BYTES, "uploadDate": _now_ms(),
-            "filename": filename, "metadata": metadata or {}, "sha256": digest.hexdigest()}
-        _files(bucket).insert_one(document)
+        for file in files:
+            key = _id(file.file_id)
+            keys.append(key)
+            digest, buffer, n, length = hashlib.sha256(), bytearray(), 0, 0
+            mark = len(pending)  # this file's chunk documents start here in `pending`
+            try:
+                for piece in file.chunks:
+                    length += len(piece)
+                    digest.update(piece)
+                    buffer += piece
+                    while len(buffer) >= GRIDFS_CHUNK_BYTES:
+                        pending.append({"files_id": key, "n": n, "data": Binary(bytes(buffer[:GRIDFS_CHUNK_BYTES]))})
+                        del buffer[:GRIDFS_CHUNK_BYTES]
+                        n, pending_bytes = n + 1, pending_bytes + GRIDFS_CHUNK_BYTES
+                        if pending_bytes >= BATCH_INSERT_BYTES:
+                            flush()
+                            mark = 0
+            except PyMongoError:
+                raise
+            except Exception as exc:  # this file's source failed: drop its chunks, go on with the others
+                del pending[mark:]
+                pending_bytes = sum(len(document["data"]) for document in pending)
+                _chunks(bucket).delete_many({"files_id": key})
+                outcome[key] = exc
+                continue
+            if buffer:
+                pending.append({"files_id": key, "n": n, "data": Binary(bytes(buffer))})
+                pending_bytes += len(buffer)
+            documents.append({
+                "_id": key, "length": length, "chunkSize": GRIDFS_CHUNK_BYTES, "uploadDate": _now_ms(),
+                "filename": file.filename, "metadata": file.metadata, "sha256": digest.hexdigest()})
+            if pending_bytes >= BATCH_INSERT_BYTES:
+                flush()
+        flush()
+        if documents:
+            _files(bucket).insert_many(documents, ordered=False)
     except BaseException as exc:
-        # Chunks without a files document are no file; the next write or delete clears them.
         with contextlib.suppress(PyMongoError):
-            _chunks(bucket).delete_many({"files_id": key})
+            _chunks(bucket).delete_many({"files_id": {"$in": keys}})
         if isinstance(exc, PyMongoError):
-            raise FileStoreUnavailable(f"the file store refused {bucket}/{key}: {exc}") from exc
+            raise FileStoreUnavailable(f"the file store refused a batch of {len(keys)} file(s): {exc}") from exc
         raise
-    return _stored(bucket, document)
+    for document in documents:
+        outcome[str(document["_id"])] = _stored(bucket, document)
+    return outcome
 
 
 # --- read -------------------------------------------------------------------------------------

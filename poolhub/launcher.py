@@ -109,6 +109,12 @@ class Stack:
             return ["--no-proxy-headers"]
         return ["--proxy-headers", "--forwarded-allow-ips", proxies]
 
+    def ws_max_size(self) -> int:
+        """The largest websocket frame read: one base64 chunk and its JSON, not uvicorn's 16 MiB,
+        so an unauthenticated socket cannot make the server buffer more than a chunk."""
+        chunk = int(self.env.get("POOLHUB_WS_CHUNK_BYTES") or 512 * 1024)
+        return chunk * 4 // 3 + 64 * 1024
+
     def dead_child(self) -> str | None:
         for name, child in self.children.items():
             if child.poll() is not None:
@@ -133,23 +139,28 @@ class Stack:
         """The ASGI server's command line (`make bench` serves its bare baseline app with the same)."""
         args = [str(BIN_DIR / "uvicorn"), app, "--host", self.env.get("HOST", "127.0.0.1"),
                 "--port", self.env.get("PORT", "8000"), "--ws", "websockets-sansio", "--lifespan", "off",
-                "--no-server-header", *self.web_proxy_args(), "--timeout-graceful-shutdown", "10",
+                "--no-server-header", *self.web_proxy_args(), "--ws-max-size", str(self.ws_max_size()),
+                "--timeout-graceful-shutdown", "10",
                 "--log-level", self.env.get("UVICORN_LOG_LEVEL", "info")]
         return [*args, "--workers", str(processes)] if processes > 1 else args
 
     def start_processes(self) -> None:
         self.metrics_dir()
-        self.start_web()
+        self.start_web(processes=self.web_processes())
         self.start_worker()
         self.start_beat()
+
+    def web_processes(self) -> int:
+        """WEB_CONCURRENCY web processes on one port (uvicorn's --workers), default one per core."""
+        return int(self.env.get("WEB_CONCURRENCY") or os.cpu_count() or 1)
 
     def start_web(self, processes: int = 1) -> None:
         self.spawn("web", self.web_args(processes=processes))
         log(f"web (ASGI: API, websockets, admin) on http://{self.env.get('HOST', '127.0.0.1')}:"
-            f"{self.env.get('PORT', '8000')}/")
+            f"{self.env.get('PORT', '8000')}/, {processes} process(es)")
 
     def start_worker(self, loglevel: str = "INFO") -> None:
-        concurrency = self.env.get("CELERY_CONCURRENCY", "2")
+        concurrency = self.env.get("CELERY_CONCURRENCY") or str(self.web_processes())  # matches the web
         queue = self.env.get("CELERY_QUEUE", "poolhub")
         self.spawn("worker", [str(BIN_DIR / "celery"), "-A", "celery_app", *self.quiet(), "worker", "--loglevel",
                               loglevel, "--concurrency", concurrency, "--prefetch-multiplier", "1", "-Q", queue,

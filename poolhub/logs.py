@@ -8,8 +8,8 @@ bridge for exactly that).
 The ids come from a per-request (or per-task) log context: the ASGI wrapper in `poolhub.asgi`
 opens one for each HTTP request and websocket, the Celery signals below open one for each task,
 and code that learns an id binds it (`log_context_bind(upload_id=...)`). The context is one
-mutable dict shared by every copy of the context variable (asgiref and asyncio copy contexts into
-threads and tasks), so an id bound deep inside a view is on the access log line too.
+mutable object shared by every copy of the context variable (asgiref and asyncio copy contexts
+into threads and tasks), so an id bound deep inside a view is on the access log line too.
 """
 
 from __future__ import annotations

@@ -10,7 +10,9 @@ Where things are counted, so that the code that does the work stays free of metr
   log publishes it (`observe_publish` wraps `notifications.services.event_publish`); that wrapper
   also times the websocket fan-out;
 - Celery tasks (outcomes, durations, webhook deliveries): Celery signals (`celery_app.py`);
-- HTTP requests: `MetricsMiddleware`; open websockets: `poolhub.asgi`;
+- HTTP requests: `MetricsMiddleware` (django-prometheus does not fit: its richer metrics need its
+  own database and cache backends, and its middleware pair would add two thread hops per request
+  under ASGI); open websockets: `poolhub.asgi`;
 - staging bytes, queue length, groups and webhook deliveries by status: read when scraped.
 """
 
@@ -26,7 +28,8 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from django.utils.deprecation import MiddlewareMixin
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
+from django.utils.functional import SimpleLazyObject, empty
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -80,7 +83,7 @@ _EVENT_COUNTERS: dict[str, Counter] = {
     "result.available": RESULTS,
 }
 # Task names are explicit and few (DESIGN.md); anything else is counted as "other".
-_TASK_NAME = re.compile(r"^(uploads|batching|notifications|accounts|poolhub)[._][a-z0-9_.]+$")
+_TASK_NAME = re.compile(r"^(uploads?|staging|transfers|tus|batching|notifications|accounts|poolhub)[._][a-z0-9_.]+$")
 
 
 # --- counting where things happen -------------------------------------------------------------
@@ -191,37 +194,71 @@ def celery_process_exit(pid: int | None = None, **kwargs: Any) -> None:
 
 # --- HTTP ------------------------------------------------------------------------------------
 
-class MetricsMiddleware(MiddlewareMixin):
+class MetricsMiddleware:
     """Counts every HTTP request by its URL pattern (bounded: not the raw path), method and status,
-    and puts the ids in the URL (`pool_id`, `upload_id`, `group_id`) into the log context.
-    MiddlewareMixin makes it sync and async capable: no thread hop of its own under ASGI."""
+    and puts the ids in the URL (`pool_id`, `upload_id`, `group_id`) and the authenticated user
+    into the log context. Sync and async: under ASGI it runs on the event loop, with no thread hop
+    of its own (MiddlewareMixin would hop to a thread for each of its hooks)."""
 
-    def process_request(self, request: HttpRequest) -> None:
-        request._poolhub_started = time.perf_counter()  # type: ignore[attr-defined]
+    sync_capable = True
+    async_capable = True
 
-    def process_view(self, request: HttpRequest, view_func: Any, view_args: Any, view_kwargs: dict[str, Any]) -> None:
-        from poolhub.logs import log_context_bind
+    def __init__(self, get_response: Any) -> None:
+        self.get_response = get_response
+        self.is_async = iscoroutinefunction(get_response)
+        if self.is_async:
+            markcoroutinefunction(self)
 
-        log_context_bind(**{key: value for key, value in view_kwargs.items()
+    def __call__(self, request: HttpRequest) -> Any:
+        if self.is_async:
+            return self._acall(request)
+        started = time.perf_counter()
+        direct = _machine_paths().get(request.path_info)
+        response = direct(request) if direct is not None else self.get_response(request)
+        return _observe_request(request, response, started)
+
+    async def _acall(self, request: HttpRequest) -> HttpResponse:
+        started = time.perf_counter()
+        direct = _machine_paths().get(request.path_info)
+        if direct is not None:  # probes and scrapes: sync views that read the database
+            response = await sync_to_async(direct)(request)
+        else:
+            response = await self.get_response(request)
+        return _observe_request(request, response, started)
+
+
+def _observe_request(request: HttpRequest, response: HttpResponse, started: float) -> HttpResponse:
+    """Kubelet probes and Prometheus come by pod address (`Host: 10.1.2.3:8000`), which no
+    ALLOWED_HOSTS lists: `_machine_paths` are answered before CommonMiddleware's host check. None
+    of those views builds a URL from the host."""
+    from poolhub.logs import log_context_bind
+
+    match = getattr(request, "resolver_match", None)
+    if match is not None:
+        view = match.route or match.view_name
+        log_context_bind(**{key: value for key, value in match.kwargs.items()
                             if key in ("pool_id", "upload_id", "group_id")})
-
-    def process_response(self, request: HttpRequest, response: HttpResponse) -> HttpResponse:
-        from poolhub.logs import log_context_bind
-
-        match = getattr(request, "resolver_match", None)
-        view = (match.route or match.view_name) if match is not None else "unmatched"
-        method = request.method if request.method in _METHODS else "other"
-        HTTP_REQUESTS.labels(view=view, method=method, status=str(response.status_code)).inc()
-        started = getattr(request, "_poolhub_started", None)
-        if started is not None:
-            HTTP_SECONDS.labels(view=view, method=method).observe(time.perf_counter() - started)
-        user = getattr(request, "user", None)  # DRF sets it on the Django request once it authenticates
-        if getattr(user, "is_authenticated", False):
-            log_context_bind(user_id=user.pk)  # type: ignore[union-attr]
-        return response
+    else:
+        view = request.path_info.strip("/") if request.path_info in _machine_paths() else "unmatched"
+    method = request.method if request.method in _METHODS else "other"
+    HTTP_REQUESTS.labels(view=view, method=method, status=str(response.status_code)).inc()
+    HTTP_SECONDS.labels(view=view, method=method).observe(time.perf_counter() - started)
+    user = request.__dict__.get("user")  # DRF sets it on the Django request once it authenticates
+    if isinstance(user, SimpleLazyObject) and user._wrapped is empty:
+        user = None  # a session user nobody looked at: reading it would cost a query
+    if getattr(user, "is_authenticated", False):
+        log_context_bind(user_id=user.pk)  # type: ignore[union-attr]
+    return response
 
 
 _METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
+
+
+@functools.cache
+def _machine_paths() -> dict[str, Callable[[HttpRequest], HttpResponse]]:
+    from poolhub import health
+
+    return {"/healthz": health.healthz, "/readyz": health.readyz, "/metrics": metrics_view}
 
 
 # --- read when scraped -------------------------------------------------------------------------

@@ -181,14 +181,14 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {}
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 # Rounds (batching): close due windows and end expired leases every few seconds.
 POOLHUB_ROUNDS_BEAT_SECONDS = env_int("POOLHUB_ROUNDS_BEAT_SECONDS", 10)
-CELERY_BEAT_SCHEDULE["batching.groups_close_due"] = {
-    "task": "batching.groups_close_due", "schedule": float(POOLHUB_ROUNDS_BEAT_SECONDS),
+CELERY_BEAT_SCHEDULE["groups_close_due"] = {
+    "task": "groups_close_due", "schedule": float(POOLHUB_ROUNDS_BEAT_SECONDS),
 }
-CELERY_BEAT_SCHEDULE["batching.leases_expire"] = {
-    "task": "batching.leases_expire", "schedule": float(POOLHUB_ROUNDS_BEAT_SECONDS),
+CELERY_BEAT_SCHEDULE["leases_expire"] = {
+    "task": "leases_expire", "schedule": float(POOLHUB_ROUNDS_BEAT_SECONDS),
 }
-CELERY_BEAT_SCHEDULE["batching.webhooks_redrive_stuck"] = {
-    "task": "batching.webhooks_redrive_stuck", "schedule": 300.0,
+CELERY_BEAT_SCHEDULE["webhooks_redrive_stuck"] = {
+    "task": "webhooks_redrive_stuck", "schedule": 300.0,
 }
 POOLHUB_WEBHOOK_TIMEOUT_SECONDS = env_int("POOLHUB_WEBHOOK_TIMEOUT_SECONDS", 10)
 POOLHUB_WEBHOOK_MAX_ATTEMPTS = env_int("POOLHUB_WEBHOOK_MAX_ATTEMPTS", 8)
@@ -278,22 +278,22 @@ POOLHUB_STORE_LOCK_SECONDS = env_int("POOLHUB_STORE_LOCK_SECONDS", 30)  # renewe
 POOLHUB_STUCK_CACHED_SECONDS = env_int("POOLHUB_STUCK_CACHED_SECONDS", 900)
 POOLHUB_TIMESTAMP_MAX_FUTURE_SECONDS = env_int("POOLHUB_TIMESTAMP_MAX_FUTURE_SECONDS", 600)
 POOLHUB_IDEMPOTENCY_TTL_SECONDS = env_int("POOLHUB_IDEMPOTENCY_TTL_SECONDS", 2 * 86400)
-# A key whose first request is still running is held this long (a crashed request frees it);
-# a repeat waits up to POOLHUB_IDEMPOTENCY_WAIT_SECONDS for the first to finish.
-POOLHUB_IDEMPOTENCY_PENDING_SECONDS = env_int("POOLHUB_IDEMPOTENCY_PENDING_SECONDS", 3600)
+# A key whose first request is still running is a lease of this many seconds, renewed while the
+# request runs (a killed process's key is free again within this); a repeat waits up to
+# POOLHUB_IDEMPOTENCY_WAIT_SECONDS for the first to finish.
+POOLHUB_IDEMPOTENCY_PENDING_SECONDS = env_int("POOLHUB_IDEMPOTENCY_PENDING_SECONDS", 10)
 POOLHUB_IDEMPOTENCY_WAIT_SECONDS = env_int("POOLHUB_IDEMPOTENCY_WAIT_SECONDS", 30)
 POOLHUB_STAGING_ALLOW_EVICTION = env_bool("POOLHUB_STAGING_ALLOW_EVICTION", False)
 POOLHUB_STAGING_RETRY_AFTER_SECONDS = env_int("POOLHUB_STAGING_RETRY_AFTER_SECONDS", 30)  # on 503 staging_full
-CELERY_BEAT_SCHEDULE["uploads.redrive_stuck"] = {"task": "uploads.redrive_stuck", "schedule": 300.0}
-CELERY_BEAT_SCHEDULE["uploads.staging_reconcile"] = {"task": "uploads.staging_reconcile", "schedule": 3600.0}
+CELERY_BEAT_SCHEDULE["uploads_stuck_redrive"] = {"task": "uploads_stuck_redrive", "schedule": 300.0}
+CELERY_BEAT_SCHEDULE["staging_reconcile"] = {"task": "staging_reconcile", "schedule": 3600.0}
 # Websocket gateway (docs/realtime.md): auth deadline, chunk size, idle transfers expire (bytes dropped).
 POOLHUB_WS_AUTH_SECONDS = env_int("POOLHUB_WS_AUTH_SECONDS", 10)
 POOLHUB_WS_CHUNK_BYTES = env_int("POOLHUB_WS_CHUNK_BYTES", 512 * 1024)
 POOLHUB_WS_TRANSFER_TTL_SECONDS = env_int("POOLHUB_WS_TRANSFER_TTL_SECONDS", 300)  # idle: released
 POOLHUB_WS_MAX_OPEN_TRANSFERS = env_int("POOLHUB_WS_MAX_OPEN_TRANSFERS", 8)
 POOLHUB_WS_RESYNC_SECONDS = env_int("POOLHUB_WS_RESYNC_SECONDS", 600)  # an open socket re-reads its pools
-CELERY_BEAT_SCHEDULE["notifications.transfers_expire"] = {"task": "notifications.transfers_expire",
-                                                          "schedule": 60.0}
+CELERY_BEAT_SCHEDULE["transfers_expire"] = {"task": "transfers_expire", "schedule": 60.0}
 FILE_UPLOAD_MAX_MEMORY_SIZE = 256 * 1024
 DATA_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
 DATA_UPLOAD_MAX_NUMBER_FILES = env_int("POOLHUB_MAX_BATCH_ITEMS", 500)
@@ -353,7 +353,7 @@ POOLHUB_PURGE_BATCH = env_int("POOLHUB_PURGE_BATCH", 200)
 POOLHUB_PURGE_MAX_BATCHES = env_int("POOLHUB_PURGE_MAX_BATCHES", 50)
 # A failed upload's staged bytes are kept for re-drive this many days, then released (0: never).
 POOLHUB_FAILED_UPLOAD_KEEP_DAYS = env_int("POOLHUB_FAILED_UPLOAD_KEEP_DAYS", 14)
-CELERY_BEAT_SCHEDULE["lifecycle.purge_expired"] = {"task": "lifecycle.purge_expired",
+CELERY_BEAT_SCHEDULE["purge_expired"] = {"task": "purge_expired",
                                                    "schedule": float(POOLHUB_PURGE_INTERVAL_SECONDS)}
 
 # --- harden (docs/configuration.md "Security and limits") -----------------------------------
@@ -397,12 +397,11 @@ POOLHUB_USER_STAGING_BYTES = env_int("POOLHUB_USER_STAGING_BYTES", 256 * 1024 * 
 # --- files (docs/configuration.md "Files: downloads and tus") ---------------------------------
 # A tus upload idle this long expires (Upload-Expires) and its staged bytes are released.
 POOLHUB_TUS_EXPIRY_SECONDS = env_int("POOLHUB_TUS_EXPIRY_SECONDS", 6 * 3600)
-# One user's unfinished tus uploads: how many, and how many bytes their declared lengths add up to.
-POOLHUB_TUS_USER_MAX_UPLOADS = env_int("POOLHUB_TUS_USER_MAX_UPLOADS", 32)
-POOLHUB_TUS_USER_MAX_BYTES = env_int("POOLHUB_TUS_USER_MAX_BYTES", 512 * 1024 * 1024)
+# One user's unfinished tus uploads count in the websocket transfers' cap (POOLHUB_WS_MAX_OPEN_TRANSFERS,
+# POOLHUB_USER_STAGING_BYTES).
 # Origins (scheme://host[:port]) of web pages served elsewhere that may call the tus endpoints.
 POOLHUB_TUS_CORS_ORIGINS = env_list("POOLHUB_TUS_CORS_ORIGINS", [])
-CELERY_BEAT_SCHEDULE["uploads.expire_tus"] = {"task": "uploads.expire_tus", "schedule": 300.0}
+CELERY_BEAT_SCHEDULE["tus_uploads_expire"] = {"task": "tus_uploads_expire", "schedule": 300.0}
 
 # --- ops: logs and metrics (docs/operations.md "Logs" and "Metrics") ---------------------------
 from poolhub.logs import logging_config  # noqa: E402
@@ -416,3 +415,14 @@ LOGGING = logging_config(fmt=LOG_FORMAT, level=env_str("LOG_LEVEL", "INFO"))
 METRICS_ALLOWED_CIDRS = env_list("METRICS_ALLOWED_CIDRS", ["127.0.0.0/8", "::1/128"])
 METRICS_TOKEN = env_optional("METRICS_TOKEN")
 MIDDLEWARE = ["poolhub.metrics.MetricsMiddleware", *MIDDLEWARE]
+
+# --- ingest (docs/configuration.md "Ingest") -------------------------------------------------
+# The store hand-off: the committed `cached` rows are the outbox, a kick is sent after commit and
+# the relay re-sends it for uploads still waiting after POOLHUB_STORE_KICK_SECONDS. Workers store
+# first attempts in batches of up to POOLHUB_STORE_BATCH_FILES files / POOLHUB_STORE_BATCH_BYTES.
+POOLHUB_STORE_KICK_SECONDS = env_int("POOLHUB_STORE_KICK_SECONDS", 5)
+POOLHUB_STORE_BATCH_FILES = env_int("POOLHUB_STORE_BATCH_FILES", 32)
+POOLHUB_STORE_BATCH_BYTES = env_int("POOLHUB_STORE_BATCH_BYTES", 8 * 1024 * 1024)
+CELERY_BEAT_SCHEDULE["uploads_pending_kick"] = {
+    "task": "uploads_pending_kick", "schedule": float(POOLHUB_STORE_KICK_SECONDS),
+}

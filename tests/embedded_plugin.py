@@ -36,6 +36,7 @@ def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Pa
     os.environ.setdefault("SECRET_KEY", secrets.token_urlsafe(50))  # shared with the servers tests start
     os.environ.setdefault("THROTTLE_AUTH", "100000/min")
     os.environ.setdefault("THROTTLE_REFRESH", "100000/min")
+    os.environ.setdefault("THROTTLE_LOGIN", "100000/min")
     os.environ.setdefault("THROTTLE_UPLOADS", "100000/min")
     # Unit tests run tasks inline; the `celery_worker` fixture switches to a real worker.
     os.environ.setdefault("CELERY_TASK_ALWAYS_EAGER", "1")

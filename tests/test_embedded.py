@@ -53,8 +53,9 @@ def test_embedded_data_files_are_the_owners_only(tmp_path: Path) -> None:
         redis.Redis.from_url(redis_service.url).set("k", "v")
         import pymongo
 
-        with pymongo.MongoClient(store.url, serverSelectionTimeoutMS=5000) as client:
-            client.get_default_database()["files"].insert_one({"a": 1})
+        mongo: pymongo.MongoClient[dict[str, object]] = pymongo.MongoClient(store.url, serverSelectionTimeoutMS=5000)
+        with mongo:
+            mongo.get_default_database()["files"].insert_one({"a": 1})
     finally:
         store.stop()
         redis_service.stop()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import random
 import uuid
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlencode
 
@@ -22,6 +23,7 @@ from rest_framework.test import APIClient
 
 from accounts.models import Pool, User
 from accounts.tokens import token_pair_issue
+from poolhub.filestore import Bucket, mongo_db
 from tests.batching.conftest import T0, stored_upload
 from tests.notifications.conftest import connected
 
@@ -63,11 +65,16 @@ _COMPONENT_FIELDS = _component_fields()
 
 
 @pytest.fixture
-def world(db: Any, pool: Pool, manager: User, contributor: User, exporter: User, admin_user: User) -> dict[str, Any]:
+def world(db: Any, pool: Pool, manager: User, contributor: User, exporter: User,
+          admin_user: User) -> Iterator[dict[str, Any]]:
     upload = stored_upload(pool=pool, uploader=contributor, timestamp=T0, data=b"some bytes")
     tokens = [None, *(token_pair_issue(user=user)["access"] for user in [admin_user, manager, contributor, exporter])]
-    return {"ids": [str(pool.id), str(upload.id), str(upload.group_id), str(uuid.uuid4()), "x", "0", "manager"],
-            "tokens": tokens}
+    yield {"ids": [str(pool.id), str(upload.id), str(upload.group_id), str(uuid.uuid4()), "x", "0", "manager"],
+           "tokens": tokens}
+    store = mongo_db()  # later test directories count what the file store holds
+    for bucket in Bucket:
+        store[f"{bucket}.files"].delete_many({})
+        store[f"{bucket}.chunks"].delete_many({})
 
 
 def _client(token: str | None) -> APIClient:

@@ -81,3 +81,15 @@ def test_the_check_sees_a_private_import(tmp_path: Path) -> None:
     probe.write_text("from uploads.staging import _policy_verdict\nimport batching.services\nbatching.services._x()\n")
     assert len(private_uses("notifications.probe", probe)) == 2
     assert private_uses("uploads.probe", probe) == ["uploads.probe: batching.services._x"]
+
+
+def test_every_task_is_named_like_the_function_and_service_it_runs() -> None:
+    """One rule for Celery task names: `name=` is the task function's name (the service it calls)."""
+    from celery_app import app
+
+    for module, _ in MODULES:
+        if module.endswith(".tasks"):
+            importlib.import_module(module)
+    ours = {name: task for name, task in app.tasks.items() if task.__module__.split(".")[0] in APPS}
+    assert len(ours) >= 10
+    assert sorted(name for name, task in ours.items() if name != task.run.__name__) == []

@@ -45,6 +45,8 @@ ROLE_FOR = {
     "PATCH /api/v1/pools/{pool_id}/members/{username}": "manager",
     "DELETE /api/v1/pools/{pool_id}/members/{username}": "manager",
     "POST /api/v1/pools/{pool_id}/members/provision": "manager",
+    "GET /api/v1/pools/{pool_id}/usage": "manager",
+    "POST /api/v1/pools/{pool_id}/webhook/test": "manager",
     "POST /api/v1/groups/{group_id}/close": "manager",
     "POST /api/v1/groups/{group_id}/claim": "exporter",
     "GET /api/v1/groups/{group_id}/archive": "exporter",

@@ -193,5 +193,8 @@ def test_the_launcher_trusts_forwarded_headers_only_from_named_proxies(
     assert ready is not None and ready.status_code == 200, log_path.read_text()[-4000:]
     [web] = [child for child in family(process) if "uvicorn" in " ".join(child.cmdline())]
     assert "--no-proxy-headers" in web.cmdline()
+    # A websocket frame is at most one base64 chunk and its JSON, not uvicorn's 16 MiB.
+    cmdline = web.cmdline()
+    assert int(cmdline[cmdline.index("--ws-max-size") + 1]) < 1024 * 1024
     os.killpg(process.pid, signal.SIGINT)
     process.wait(60)

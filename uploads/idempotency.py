@@ -8,12 +8,20 @@ whose fingerprint (endpoint, pool, form fields, and each file's name, size and s
 gets the first response again; a different request gets 409 `idempotency_conflict`. Only
 successful (2xx) responses are kept: a refused request releases its key, so the client can retry
 it, for instance after a 503 `staging_full`.
+
+The pending claim is a lease, the way distributed locks (etcd, Consul sessions, Redlock) keep a
+holder that may die: it lives POOLHUB_IDEMPOTENCY_PENDING_SECONDS (default 10) and a heartbeat
+thread renews it while the request runs (only while it still holds the owner's token). A web
+process killed mid-request stops renewing, so its key is free again within seconds and a retry
+takes it over instead of getting 409 for an hour.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import secrets
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -96,14 +104,51 @@ def idempotent(*, user_id: UUID, key: str, run: Callable[[], Outcome],
     redis_key = _redis_key(user_id=user_id, key=key)
     wait = float(settings.POOLHUB_IDEMPOTENCY_WAIT_SECONDS)
     for _ in range(3):
-        if redis_client().set(redis_key, json.dumps({"state": "pending"}), nx=True, ex=_pending_ttl()):
-            return _run_claimed(redis_key, run), False
+        claim = json.dumps({"state": "pending", "owner": secrets.token_hex(16)})
+        if redis_client().set(redis_key, claim, nx=True, ex=_pending_ttl()):
+            with _Lease(redis_key=redis_key, claim=claim):
+                return _run_claimed(redis_key, run), False
         record = _await_finished(redis_key, wait_seconds=wait)
         if record is not None:
             if fingerprint() != record["fingerprint"]:
                 raise Conflict("this Idempotency-Key was used for a different request", code="idempotency_conflict")
             return Outcome(record["fingerprint"], int(record["status"]), record["body"]), True
     raise Conflict("a request with this Idempotency-Key is still in progress; retry shortly", retry_after=2)
+
+
+# Renew the pending claim only while it is still this request's (compare, then expire).
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    return redis.call('EXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+
+class _Lease:
+    """Renews a pending claim every third of its lifetime until the request ends."""
+
+    def __init__(self, *, redis_key: str, claim: str) -> None:
+        self.redis_key, self.claim = redis_key, claim
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._renew, name="idempotency-lease", daemon=True)
+
+    def __enter__(self) -> _Lease:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
+
+    def _renew(self) -> None:
+        ttl = _pending_ttl()
+        while not self.stop.wait(ttl / 3):
+            try:
+                if not redis_client().eval(_RENEW, 1, self.redis_key, self.claim, ttl):
+                    return  # finished meanwhile, or no longer ours
+            except Exception:  # Redis unavailable for a moment: try again at the next beat
+                continue
 
 
 def _run_claimed(redis_key: str, run: Callable[[], Outcome]) -> Outcome:

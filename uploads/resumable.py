@@ -1,5 +1,5 @@
 """What the two resumable ways in (tus, uploads/tus.py; the websocket transfer verbs,
-notifications/transfers.py) share: one writer at a time per upload, and idle deadlines.
+uploads/transfers.py) share: one writer at a time per upload, and idle deadlines.
 
 Both keep their state in Redis, so any web process can take the next request; these helpers
 keep that state consistent across processes.

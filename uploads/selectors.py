@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 from uuid import UUID
@@ -20,6 +21,7 @@ from uploads.models import Event, Upload, UploadStatus
 from uploads.staging import StagingMissing, staging_exists, staging_read
 
 READERS = (Role.MANAGER, Role.EXPORTER)
+HORIZON_WAIT_SECONDS = 5.0
 
 
 def upload_list(*, user: User, filters: dict[str, Any] | None = None) -> QuerySet[Upload]:
@@ -76,8 +78,23 @@ def events_committed(events: QuerySet[Event]) -> QuerySet[Event]:
     committed is in order already."""
     if connection.vendor != "postgresql":
         return events
-    horizon = RawSQL("pg_snapshot_xmin(pg_current_snapshot())::text::bigint * %s", [SEQ_PER_TRANSACTION])
-    return events.filter(seq__lt=horizon)
+    return events.filter(seq__lt=_horizon())
+
+
+def _horizon() -> RawSQL:
+    return RawSQL("pg_snapshot_xmin(pg_current_snapshot())::text::bigint * %s", [SEQ_PER_TRANSACTION])
+
+
+def events_settle(*, after: int, timeout: float = HORIZON_WAIT_SECONDS) -> None:
+    """Wait (at most `timeout`) until no committed event after `after` is above the horizon, so a
+    resume right after a commit returns it. The horizon passes as soon as the transactions older
+    than that event end: normally milliseconds; a long transaction elsewhere on the database
+    server holds it longer, and then the resume returns what is safe and the rest comes later."""
+    if connection.vendor != "postgresql":
+        return
+    deadline = time.monotonic() + timeout
+    while Event.objects.filter(seq__gt=after, seq__gte=_horizon()).exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
 
 
 def upload_content(*, upload: Upload, start: int = 0, end: int | None = None) -> Iterator[bytes]:

@@ -296,6 +296,14 @@ def staging_drop(*, key: str) -> None:
     redis_client().eval(_DROP, 4, TOTAL_KEY, _data_key(key), _meta_key(key), LEDGER_KEY, key)
 
 
+def staging_drop_many(*, keys: Sequence[str]) -> None:
+    """`staging_drop` for several staged files in one round trip (a stored batch)."""
+    pipeline = redis_client().pipeline(transaction=False)
+    for key in keys:
+        pipeline.eval(_DROP, 4, TOTAL_KEY, _data_key(key), _meta_key(key), LEDGER_KEY, key)
+    pipeline.execute()
+
+
 def staging_reconcile() -> int:
     """Release the budget held by staged files whose keys expired (abandoned writes). Returns bytes freed."""
     client = redis_client()

@@ -28,7 +28,7 @@ for _, size in ipairs(sizes) do total = total + tonumber(size) end
 if #sizes >= tonumber(ARGV[3]) then return {1, #sizes, total} end
 if total + tonumber(ARGV[2]) > tonumber(ARGV[4]) then return {2, #sizes, total} end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-redis.call('EXPIRE', KEYS[1], ARGV[5])
+if redis.call('TTL', KEYS[1]) < tonumber(ARGV[5]) then redis.call('EXPIRE', KEYS[1], ARGV[5]) end
 return {0, #sizes + 1, total + tonumber(ARGV[2])}
 """
 
@@ -37,11 +37,14 @@ def _key(user_id: Any) -> str:
     return f"{_PREFIX}{user_id}"
 
 
-def transfer_reserve(*, user_id: Any, transfer_id: str, size: int) -> None:
-    """Reserve a new transfer's declared bytes for its user, or 503 `staging_full` for that user."""
+def transfer_reserve(*, user_id: Any, transfer_id: str, size: int, idle_seconds: int | None = None) -> None:
+    """Reserve a new transfer's declared bytes for its user, or 503 `staging_full` for that user.
+    Websocket transfers and tus uploads (uploads/tus.py, `idle_seconds` its longer expiry) share
+    the one cap."""
     max_open = int(settings.POOLHUB_WS_MAX_OPEN_TRANSFERS)
     max_bytes = int(settings.POOLHUB_USER_STAGING_BYTES)
-    ttl = int(settings.POOLHUB_WS_TRANSFER_TTL_SECONDS) * 2  # a backstop: releases are explicit
+    # A backstop (releases are explicit), never shorter than the longest-lived reservation's.
+    ttl = (idle_seconds or int(settings.POOLHUB_WS_TRANSFER_TTL_SECONDS)) * 2
     verdict, count, total = redis_client().eval(_RESERVE, 1, _key(user_id), transfer_id, size, max_open,
                                                 max_bytes, ttl)
     if verdict == 0:

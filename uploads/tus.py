@@ -8,14 +8,15 @@ byte arrives. The views (uploads/api/tus.py) speak the protocol; this module hol
   chunked and counted in the staging budget; the tus id is also the staging key, and the server's
   offset is what staging holds (`staging_size`), so an acknowledged byte is a staged byte.
 - **Checks.** What can be checked before any byte (role, declared length against the pool's limit,
-  timestamp, sha256 syntax, the user's cap) is checked at creation; the request that completes the
+  timestamp, sha256 syntax, the user's cap, the pool's quota) is checked at creation; the request that completes the
   upload runs every check of a REST upload (role again, size, type from the content, declared
   sha256, then `upload_accept`: timestamp age and the pool's late policy) and answers with the
   REST status and code. A refusal below 500 drops the tus upload and its bytes; a 5xx keeps them,
   so the completion can be retried (a PATCH at the full offset with no body).
-- **The user's cap**: one user holds at most POOLHUB_TUS_USER_MAX_UPLOADS unfinished tus uploads
-  whose declared lengths add up to at most POOLHUB_TUS_USER_MAX_BYTES (checked atomically at
-  creation: 503 `staging_full` with `details.scope = "user"`).
+- **The user's cap** is the one websocket transfers have (uploads/transfer_limits.py): together,
+  one user's unfinished tus uploads and transfers number at most POOLHUB_WS_MAX_OPEN_TRANSFERS and
+  declare at most POOLHUB_USER_STAGING_BYTES (checked atomically at creation: 503 `staging_full`
+  with `details.scope = "user"`).
 - **Expiry**: an upload idle for POOLHUB_TUS_EXPIRY_SECONDS expires (`Upload-Expires`);
   `tus_uploads_expire` (beat, and before each creation) drops its bytes and releases them.
 - **Ownership**: only the creator sees or touches one; for anyone else it does not exist (404).
@@ -47,12 +48,12 @@ from django.conf import settings
 
 from accounts.models import WRITER_ROLES, Pool, User
 from accounts.selectors import pool_access
+from lifecycle.selectors import upload_admission_check
 from poolhub.errors import ApiError, BadRequest, Conflict, NotFound, Unavailable
 from poolhub.redis import redis_client
 from uploads.checks import (
     EmptyFile,
     FileTooLarge,
-    StagingFull,
     checksum_check,
     content_type_check,
     max_bytes_for,
@@ -64,6 +65,7 @@ from uploads.models import Upload
 from uploads.resumable import deadline_push, deadlines_due, writer_lock
 from uploads.services import upload_accept
 from uploads.staging import StagingWriter, staging_drop, staging_read, staging_size
+from uploads.transfer_limits import transfer_release, transfer_reserve
 
 PREFIX = "poolhub:tus:"
 DEADLINES = PREFIX + "deadlines"  # sorted set: tus id -> unix time it expires at
@@ -75,18 +77,6 @@ CHECKSUMS: dict[str, Callable[[], Any]] = {"sha1": hashlib.sha1, "sha256": hashl
 # process (or an evicted entry) re-reads it once, at completion (`StagingWriter.resume`).
 _WRITERS: OrderedDict[str, StagingWriter] = OrderedDict()
 WRITERS_KEPT = 64
-
-# KEYS: the user's open uploads (hash id -> declared length). ARGV: id, length, max uploads, max bytes.
-# Returns 0 (reserved), -1 (too many open uploads) or -2 (too many bytes).
-_RESERVE = """
-if redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[3]) then return -1 end
-local total = tonumber(ARGV[2])
-for _, v in ipairs(redis.call('HVALS', KEYS[1])) do total = total + tonumber(v) end
-if total > tonumber(ARGV[4]) then return -2 end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-return 0
-"""
-
 
 class ChecksumFailed(ApiError):
     """tus's checksum extension: the request's bytes do not hash to its Upload-Checksum."""
@@ -126,10 +116,6 @@ def max_size_for(*, pool: Pool) -> int:
 
 def _state_key(tus_id: str) -> str:
     return f"{PREFIX}{tus_id}"
-
-
-def _user_key(user_id: Any) -> str:
-    return f"{PREFIX}user:{user_id}"
 
 
 def _text(value: Any) -> str:
@@ -189,14 +175,13 @@ def tus_create(*, user: User, pool_id: Any, length: int, metadata_header: str | 
         raise BadRequest("Upload-Metadata: filename is required", details={"field": "filename"})
     timestamp = timestamp_parse(metadata.get("timestamp"))
     sha256 = sha256_parse(metadata.get("sha256")) or ""
+    upload_admission_check(pool=pool, uploader=user, timestamp=timestamp, size=length)  # cap and quota, 409/413
     tus_uploads_expire()
     tus_id = secrets.token_hex(16)
     client = redis_client()
     try:
-        verdict = int(client.eval(_RESERVE, 1, _user_key(user.pk), tus_id, length,
-                                  int(settings.POOLHUB_TUS_USER_MAX_UPLOADS), int(settings.POOLHUB_TUS_USER_MAX_BYTES)))
-        if verdict < 0:
-            raise _user_cap_error(verdict)
+        # The user's cap, shared with websocket transfers: 503 staging_full for that user.
+        transfer_reserve(user_id=user.pk, transfer_id=tus_id, size=length, idle_seconds=expiry_seconds())
         client.hset(_state_key(tus_id), mapping={
             "user": str(user.pk), "pool": str(pool.pk), "length": length, "filename": filename[:255],
             "timestamp": timestamp.isoformat(), "sha256": sha256, "metadata": metadata_header or "",
@@ -206,16 +191,6 @@ def tus_create(*, user: User, pool_id: Any, length: int, metadata_header: str | 
     except redis.RedisError as exc:
         raise Unavailable("staging is unavailable") from exc
     return _read(tus_id)
-
-
-def _user_cap_error(verdict: int) -> StagingFull:
-    if verdict == -1:
-        limit = int(settings.POOLHUB_TUS_USER_MAX_UPLOADS)
-        return StagingFull(f"you have {limit} unfinished uploads: finish or terminate one first",
-                           details={"scope": "user", "max_open_uploads": limit})
-    limit = int(settings.POOLHUB_TUS_USER_MAX_BYTES)
-    return StagingFull(f"your unfinished uploads would hold more than {limit} bytes",
-                       details={"scope": "user", "max_staged_bytes": limit})
 
 
 def _touch(client: redis.Redis, tus_id: str) -> None:
@@ -386,7 +361,7 @@ def _complete(*, user: User, upload: TusUpload) -> TusUpload:
     client = redis_client()
     client.hset(_state_key(upload.id), "upload", str(accepted.pk))
     client.zrem(DEADLINES, upload.id)  # the staged bytes belong to the upload now: never swept
-    client.hdel(_user_key(user.pk), upload.id)
+    transfer_release(user_id=user.pk, transfer_id=upload.id)
     client.expire(_state_key(upload.id), expiry_seconds())  # HEAD still answers for a while
     return replace(upload, upload_id=str(accepted.pk), expires_at=time.time() + expiry_seconds())
 
@@ -411,7 +386,7 @@ def tus_drop(*, tus_id: str) -> None:
     client = redis_client()
     owner = client.hget(_state_key(tus_id), "user")
     if owner is not None:
-        client.hdel(_user_key(_text(owner)), tus_id)
+        transfer_release(user_id=_text(owner), transfer_id=tus_id)
     client.delete(_state_key(tus_id))
     client.zrem(DEADLINES, tus_id)
 

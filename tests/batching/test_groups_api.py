@@ -164,4 +164,4 @@ def test_beat_is_a_backstop_for_close_rules(pool, contributor):
 
 def test_beat_schedule_registers_the_rounds_tasks(settings):
     tasks = {entry["task"] for entry in settings.CELERY_BEAT_SCHEDULE.values()}
-    assert {"batching.groups_close_due", "batching.leases_expire"} <= tasks
+    assert {"groups_close_due", "leases_expire"} <= tasks

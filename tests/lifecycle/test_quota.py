@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -12,7 +13,7 @@ from rest_framework.test import APIClient
 from accounts.models import Pool
 from accounts.tokens import token_pair_issue
 from tests.conftest import error_code
-from tests.lifecycle.conftest import upload
+from tests.lifecycle.conftest import NOW, iso, upload
 from tests.uploads.conftest import WHEN, named, payload, staged_keys
 from uploads.models import Upload
 from uploads.staging import staging_used_bytes
@@ -78,14 +79,11 @@ def test_a_batch_that_would_pass_the_quota_is_refused_whole(api, pool, contribut
     assert usage(api, manager, pool)["stored_bytes"] == 0
 
 
-@pytest.mark.django_db(transaction=True)
-def test_the_last_free_bytes_go_to_exactly_one_of_two_concurrent_uploads(pool, contributor, monkeypatch):
-    """Both requests run at once, each on its own database connection; the first to reserve holds
-    its transaction open until the other has reached the reservation too."""
+def two_uploads_at_once(pool: Pool, contributor: Any, monkeypatch: Any, *, size: int) -> list[int]:
+    """Two uploads by one contributor, each on its own database connection; the first to be
+    admitted holds its transaction open until the other has reached its admission too."""
     import uploads.services
 
-    pool.quota_bytes = 1000
-    pool.save()
     real_admit = uploads.services.upload_admit
     arrivals = threading.Condition()
     arrived = [0]
@@ -95,7 +93,7 @@ def test_the_last_free_bytes_go_to_exactly_one_of_two_concurrent_uploads(pool, c
             arrived[0] += 1
             arrivals.notify_all()
         real_admit(**kwargs)
-        with arrivals:  # keep this transaction open until the other request is at its reservation
+        with arrivals:  # keep this transaction open until the other request is at its admission
             arrivals.wait_for(lambda: arrived[0] >= 2, timeout=2)  # (SQLite: it waits to begin instead)
 
     monkeypatch.setattr(uploads.services, "upload_admit", admit_and_linger)
@@ -106,7 +104,7 @@ def test_the_last_free_bytes_go_to_exactly_one_of_two_concurrent_uploads(pool, c
         client = APIClient()
         client.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
         try:
-            statuses.append(upload(client, pool, 600, seed=seed).status_code)
+            statuses.append(upload(client, pool, size, seed=seed).status_code)
         finally:
             from django.db import connection
 
@@ -117,12 +115,34 @@ def test_the_last_free_bytes_go_to_exactly_one_of_two_concurrent_uploads(pool, c
         thread.start()
     for thread in threads:
         thread.join(timeout=60)
+    return sorted(statuses)
 
-    assert sorted(statuses) == [202, 413]
+
+@pytest.mark.django_db(transaction=True)
+def test_the_last_free_bytes_go_to_exactly_one_of_two_concurrent_uploads(pool, contributor, monkeypatch):
+    pool.quota_bytes = 1000
+    pool.save()
+
+    assert two_uploads_at_once(pool, contributor, monkeypatch, size=600) == [202, 413]
     assert Upload.objects.count() == 1
     from lifecycle.models import PoolUsage
 
     assert PoolUsage.objects.get(pool=pool).bytes == 600
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_last_upload_under_the_cap_goes_to_exactly_one_of_two_concurrent_uploads(pool, contributor,
+                                                                                      monkeypatch):
+    """Same contributor, same window, one slot left: the second waits for the first and counts it."""
+    pool.max_uploads_per_contributor = 2
+    pool.save()
+    token = token_pair_issue(user=contributor)["access"]
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
+    assert upload(client, pool, 600, seed=3).status_code == 202  # the window's group exists: nothing else waits
+
+    assert two_uploads_at_once(pool, contributor, monkeypatch, size=600) == [202, 409]
+    assert Upload.objects.count() == 2
 
 
 @pytest.mark.django_db
@@ -184,3 +204,65 @@ def test_recount_sets_the_counter_from_the_rows(api, pool, contributor, manager)
 
     assert out.getvalue().strip() == f"{pool.name}: 700 bytes (was 5)"
     assert usage(api, manager, pool)["stored_bytes"] == 700
+
+
+@pytest.mark.django_db
+def test_a_tus_upload_past_the_quota_is_refused_at_creation(api, pool, contributor, django_capture_on_commit_callbacks):
+    """From its Upload-Length, before any byte: the REST status and error body, nothing kept."""
+    from tests.uploads.test_tus import create, location
+
+    pool.quota_bytes = 1000
+    pool.save()
+    with django_capture_on_commit_callbacks(execute=True):
+        assert upload(api(contributor), pool, 600, seed=1).status_code == 202
+
+    refused = create(api(contributor), pool, 401)
+
+    assert refused.status_code == 413
+    assert refused.json()["error"]["code"] == "quota_exceeded"
+    assert refused.json()["error"]["details"] == {"quota_bytes": 1000, "used_bytes": 600}
+    assert "Location" not in refused
+    assert staging_used_bytes() == 0
+    assert location(create(api(contributor), pool, 400))  # exactly the free bytes: created
+
+
+@pytest.mark.django_db
+def test_a_tus_upload_past_the_cap_per_contributor_is_refused_at_creation(api, pool, contributor):
+    from tests.uploads.test_tus import create, location, metadata
+
+    pool.max_uploads_per_contributor = 1
+    pool.save()
+    at = NOW - timedelta(minutes=5)
+    first = upload(api(contributor), pool, 500, seed=1, at=at)
+    assert first.status_code == 202
+
+    refused = create(api(contributor), pool, 500, metadata(timestamp=iso(at)))
+
+    assert refused.status_code == 409
+    assert refused.json()["error"]["code"] == "upload_cap_reached"
+    assert refused.json()["error"]["details"]["group"] == first.json()["group"]
+    assert Upload.objects.count() == 1
+    earlier = at - timedelta(seconds=pool.window_seconds)  # another window: room again
+    assert location(create(api(contributor), pool, 500, metadata(timestamp=iso(earlier))))
+
+
+@pytest.mark.django_db
+def test_a_batch_over_the_quota_says_what_the_pool_held_before_it(api, pool, contributor, manager):
+    """Top level: the pool's usage before the batch (API.md); the refused item: its usage with the
+    batch's earlier items counted."""
+    pool.quota_bytes = 1000
+    pool.save()
+    assert upload(api(contributor), pool, 100, seed=9).status_code == 202
+    files = {"a": payload(400, seed=1), "b": payload(400, seed=2), "c": payload(400, seed=3)}
+    form: dict[str, Any] = {"manifest": json.dumps({"items": [{"file": name, "timestamp": WHEN} for name in files]})}
+    form.update({name: named(data, f"{name}.bin") for name, data in files.items()})
+
+    response = api(contributor).post(f"/api/v1/pools/{pool.id}/batches", form, format="multipart")
+
+    assert response.status_code == 413
+    details = response.json()["error"]["details"]
+    assert (details["quota_bytes"], details["used_bytes"]) == (1000, 100)
+    [item] = details["items"]
+    assert (item["file"], item["code"], item["details"]) == ("c", "quota_exceeded",
+                                                             {"quota_bytes": 1000, "used_bytes": 900})
+    assert usage(api, manager, pool)["stored_bytes"] == 100

@@ -19,10 +19,10 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from accounts.models import Membership, Role, User
-from notifications.transfers import transfers_expire
 from tests.notifications.conftest import access_for, group_closed, log_settled, run
 from uploads.models import Upload
 from uploads.staging import staging_used_bytes
+from uploads.transfers import transfers_expire
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 

@@ -8,10 +8,10 @@ import time
 
 import pytest
 
-from notifications.transfers import transfers_expire
 from tests.notifications.conftest import connected, run
 from tests.notifications.test_transfers import payload, send_all, start
 from uploads.staging import staging_used_bytes
+from uploads.transfers import transfers_expire
 
 pytestmark = [pytest.mark.anyio, pytest.mark.django_db(transaction=True)]
 

@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 
 from accounts.models import Pool
-from notifications.transfers import transfers_expire
 from poolhub.filestore import Bucket, file_chunks
 from tests.notifications.conftest import Socket, connected, run
 from uploads.models import Upload
 from uploads.staging import staging_used_bytes
+from uploads.transfers import transfers_expire
 
 pytestmark = [pytest.mark.anyio, pytest.mark.django_db(transaction=True)]
 

@@ -142,7 +142,7 @@ def test_a_round_logs_json_lines_with_ids_and_no_secrets(stack: Stack) -> None:
     assert metrics["poolhub_uploads_accepted_total"] >= 1
     assert metrics["poolhub_uploads_stored_total"] >= 1
     assert metrics["poolhub_upload_store_seconds_count"] >= 1
-    assert metrics['poolhub_celery_tasks_total{outcome="success",task="uploads.store"}'] >= 1
+    assert metrics['poolhub_celery_tasks_total{outcome="success",task="uploads_store_pending"}'] >= 1
     assert metrics["poolhub_results_total"] >= 1
     assert metrics["poolhub_broadcast_seconds_count"] >= 1
     upload_view = 'poolhub_http_requests_total{method="POST",status="202",view="api/v1/pools/<uuid:pool_id>/uploads"}'

@@ -120,3 +120,15 @@ def test_the_worker_metrics_port_follows_the_same_rule() -> None:
     assert _worker_scrape(REMOTE_ADDR=OUTSIDE, HTTP_AUTHORIZATION="Bearer metrics-token-for-tests")[0] == "200 OK"
     assert _worker_scrape(HTTP_X_FORWARDED_FOR=OUTSIDE)[0].startswith("404")
     assert _worker_scrape(PATH_INFO="/other")[0].startswith("404")
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/readyz", "/metrics"])
+def test_probes_and_scrapes_by_pod_address_are_answered(client: Any, path: str) -> None:
+    """Kubelet and Prometheus send `Host: <pod ip>:8000`, which ALLOWED_HOSTS does not list."""
+    response = client.get(path, HTTP_HOST="10.1.2.3:8000")
+
+    assert response.status_code == 200, response.content
+
+
+def test_other_paths_still_refuse_an_unknown_host(client: Any) -> None:
+    assert client.get("/api/v1/auth/validate", HTTP_HOST="10.1.2.3:8000").status_code == 400

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
@@ -10,8 +11,10 @@ import httpx
 import pytest
 
 from accounts.tokens import token_pair_issue
+from poolhub.redis import redis_client
 from tests.conftest import error_code
 from tests.uploads.conftest import WHEN, WHEN_DT, assert_nothing_left, payload, post_upload, staged_keys
+from uploads.idempotency import Outcome, _redis_key, idempotent
 from uploads.models import Event, Upload
 
 
@@ -98,3 +101,32 @@ def test_concurrent_requests_with_one_key_create_one_upload(live_server_url, poo
     assert len({r.json()["id"] for r in responses}) == 1
     assert Upload.objects.count() == 1
     assert len(staged_keys()) == 1
+
+
+@pytest.mark.django_db
+def test_a_key_left_pending_by_a_dead_process_is_taken_over_within_seconds(api, pool, contributor, settings):
+    """The process that claimed the key was killed mid-request: nothing renews its claim."""
+    settings.POOLHUB_IDEMPOTENCY_PENDING_SECONDS = 1
+    dead = json.dumps({"state": "pending", "owner": "a-killed-process"})
+    redis_client().set(_redis_key(user_id=contributor.id, key="k-dead"), dead, ex=1)
+    response = post_upload(api(contributor), pool, payload(100), headers={"Idempotency-Key": "k-dead"})
+    assert response.status_code == 202, response.json()  # not 409 "still in progress"
+    assert Upload.objects.count() == 1
+
+
+@pytest.mark.django_db
+def test_a_slow_request_keeps_its_key_claimed(contributor, settings):
+    settings.POOLHUB_IDEMPOTENCY_PENDING_SECONDS = 1
+    redis_key = _redis_key(user_id=contributor.id, key="k-slow")
+    held: list[bool] = []
+
+    def run() -> Outcome:
+        for _ in range(4):  # well past the claim's lifetime: the lease is renewed meanwhile
+            time.sleep(0.75)
+            held.append(json.loads(redis_client().get(redis_key) or b"{}").get("state") == "pending")
+        return Outcome("fp", 202, {"ok": True})
+
+    outcome, replayed = idempotent(user_id=contributor.id, key="k-slow", run=run, fingerprint=lambda: "fp")
+    assert (outcome.status, replayed) == (202, False)
+    assert held == [True] * 4
+    assert json.loads(redis_client().get(redis_key))["state"] == "done"

@@ -15,7 +15,7 @@ from tests.uploads.test_store_faults import fail_point
 from uploads.api.views import PoolUploadCreateApi
 from uploads.models import Event, Upload
 from uploads.services import upload_regroup
-from uploads.tasks import redrive_stuck_uploads
+from uploads.tasks import uploads_stuck_redrive
 
 pytestmark = pytest.mark.django_db
 
@@ -61,14 +61,14 @@ def test_beat_redrives_uploads_left_cached(api, pool, contributor, settings, dja
     upload_id = post_upload(api(contributor), pool, payload(1000)).json()["id"]  # its task was never sent
     settings.POOLHUB_STUCK_CACHED_SECONDS = 0
     with django_capture_on_commit_callbacks(execute=True):
-        assert redrive_stuck_uploads() == 1
+        assert uploads_stuck_redrive() == 1
     assert Upload.objects.get(id=upload_id).status == "stored"
 
 
 def test_recent_cached_uploads_are_left_alone_by_beat(api, pool, contributor, django_capture_on_commit_callbacks):
     post_upload(api(contributor), pool, payload(1000))
     with django_capture_on_commit_callbacks(execute=True):
-        assert redrive_stuck_uploads() == 0
+        assert uploads_stuck_redrive() == 0
 
 
 def test_regrouping_is_an_event_with_status_and_attempts(api, pool, contributor):

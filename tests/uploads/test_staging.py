@@ -13,7 +13,7 @@ from uploads.apps import staging_eviction_check
 from uploads.checks import FileTooLarge, ForbiddenType
 from uploads.models import Event, Upload
 from uploads.staging import StagingWriter, _policy_verdict, staging_read, staging_used_bytes
-from uploads.tasks import reconcile_staging
+from uploads.tasks import staging_reconcile as staging_reconcile_task
 
 
 @pytest.fixture
@@ -116,7 +116,7 @@ def test_budget_held_by_expired_staged_files_is_released():
     live = StagingWriter(max_bytes=None, filename="live.bin")
     live.write(payload(1000))
     live.flush()
-    assert reconcile_staging() == 300_000
+    assert staging_reconcile_task() == 300_000
     assert staging_used_bytes() == 1000
     live.discard()
     assert staging_used_bytes() == 0

@@ -16,7 +16,7 @@ from tests.uploads.conftest import gridfs_counts, payload, post_upload, staged_k
 from uploads.models import Event, Upload
 from uploads.services import StoreOutcome, _attempt_begin, upload_store
 from uploads.staging import staging_exists, staging_used_bytes
-from uploads.tasks import store_upload
+from uploads.tasks import upload_store as upload_store_task
 
 pytestmark = pytest.mark.django_db
 
@@ -122,7 +122,7 @@ def test_orphan_chunks_of_an_interrupted_try_are_removed_first(
 def test_replayed_store_task_is_a_no_op(api, pool, contributor, django_capture_on_commit_callbacks):
     upload = accept(api, pool, contributor, payload(1000, seed=5), django_capture_on_commit_callbacks)
     before = (event_types(upload), gridfs_counts())
-    assert store_upload.apply(args=(str(upload.id),)).get() == "nothing_to_do"
+    assert upload_store_task.apply(args=(str(upload.id),)).get() == "nothing_to_do"
     upload.refresh_from_db()
     assert upload.status == "stored"
     assert upload.attempts == 1

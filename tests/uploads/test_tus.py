@@ -15,6 +15,7 @@ from tests.conftest import error_code, make_user
 from tests.uploads.conftest import WHEN, WHEN_DT, payload, sha
 from uploads.models import Upload
 from uploads.staging import staging_used_bytes
+from uploads.transfer_limits import transfer_release, transfer_reserve
 from uploads.tus import tus_uploads_expire
 
 pytestmark = pytest.mark.django_db
@@ -306,8 +307,8 @@ def test_the_staging_budget_is_honoured(api, pool, contributor, settings):
 
 
 def test_the_users_cap_is_honoured(api, pool, contributor, settings):
-    settings.POOLHUB_TUS_USER_MAX_BYTES = 10_000
-    settings.POOLHUB_TUS_USER_MAX_UPLOADS = 2
+    settings.POOLHUB_USER_STAGING_BYTES = 10_000
+    settings.POOLHUB_WS_MAX_OPEN_TRANSFERS = 2
     client = api(contributor)
     first = location(create(client, pool, 6_000))
     over = create(client, pool, 5_000)
@@ -321,3 +322,12 @@ def test_the_users_cap_is_honoured(api, pool, contributor, settings):
     location(create(api(other), pool, 6_000))
     client.generic("DELETE", first, **TUS)  # terminating one frees its share
     location(create(client, pool, 5_000))
+
+
+def test_tus_uploads_and_websocket_transfers_share_one_cap(api, pool, contributor, settings):
+    settings.POOLHUB_USER_STAGING_BYTES = 10_000
+    transfer_reserve(user_id=contributor.pk, transfer_id="a-socket-transfer", size=8_000)
+    over = create(api(contributor), pool, 3_000)
+    assert (over.status_code, error_code(over)) == (503, "staging_full")
+    transfer_release(user_id=contributor.pk, transfer_id="a-socket-transfer")
+    location(create(api(contributor), pool, 3_000))

@@ -113,7 +113,7 @@ def test_tuspy_with_checksums_creation_with_upload_and_the_errors_over_the_live_
 def small_server(transactional_db: Any) -> Any:
     """A live server with a 3 MiB staging budget and a 6 MiB per-user cap on unfinished tus uploads."""
     process, url = live.start_web(live.child_env(POOLHUB_STAGING_BUDGET_BYTES=str(3 * MB),
-                                                 POOLHUB_TUS_USER_MAX_BYTES=str(6 * MB)))
+                                                 POOLHUB_USER_STAGING_BYTES=str(6 * MB)))
     try:
         yield url
     finally:

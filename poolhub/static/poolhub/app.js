@@ -1140,9 +1140,15 @@
     const waiting = state.groups.filter((g) => g.status === "closed" || g.status === "exporting");
     if (!waiting.length) emptyRow(tbody, "no closed group waiting", 5);
     for (const g of waiting) {
-      const claim = button("Claim", () => claimGroup(g, claim), "small");
-      claim.setAttribute("aria-label", "Claim the group of " + fmtTime(g.window_start));
-      tbody.appendChild(row([fmtTime(g.window_start), g.status, g.upload_count, fmtBytes(g.bytes), claim]));
+      let action;
+      if (state.lease && state.lease.group === String(g.id)) {
+        action = el("span", "claimed by you", "muted");
+      } else {
+        // An `exporting` group is someone's until its lease expires: the server says which.
+        action = button("Claim", () => claimGroup(g, action), "small");
+        action.setAttribute("aria-label", "Claim the group of " + fmtTime(g.window_start));
+      }
+      tbody.appendChild(row([fmtTime(g.window_start), g.status, g.upload_count, fmtBytes(g.bytes), action]));
     }
     const lease = state.lease;
     $("lease-box").hidden = !lease;
@@ -1565,7 +1571,9 @@
     if (frame.type === "upload.status") {
       const id = String(frame.upload_id);
       const item = state.items.get(id);
-      text = "upload " + (item ? item.file.name : id.slice(0, 8)) + " is " + frame.status;
+      const shown = document.querySelector('tr[data-upload-id="' + CSS.escape(id) + '"] td');
+      const name = item ? item.file.name : (shown ? shown.textContent : "");
+      text = (name ? "upload " + name : "an upload of yours (" + id.slice(0, 8) + ")") + " is " + frame.status;
       if (item) applyStatus(item, frame.status);
       else state.early.set(id, frame);
       for (const tr of document.querySelectorAll('tr[data-upload-id="' + CSS.escape(id) + '"]')) {
