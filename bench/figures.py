@@ -160,7 +160,7 @@ def fig_storm(bench: Bench, entry: dict[str, Any]) -> None:
     bench.repeaters[f"11: {n} sockets opened at once, authenticated"] = (["web"], again)
     entry["setup"].append(
         f"{n} pool members' sockets opened at the same instant from {bench.plan.socket_loadgens} load generator "
-        f"processes against {bench.stack.web_processes} web processes; each sends `connect` with its access token "
+        f"processes against {bench.stack.web_count} web processes; each sends `connect` with its access token "
         "as soon as the handshake completes (no pacing). Then every socket is dropped without a closing handshake "
         "(devices vanishing), and Redis is asked how many web processes are still subscribed to the pool's group "
         "(`PUBSUB NUMSUB`: a process stays subscribed while any channel is in the group). Baseline: the same number "
@@ -213,16 +213,15 @@ def fig_broadcast(bench: Bench, entry: dict[str, Any]) -> None:
                 stats[target]["p99"].append(percentile(result["latencies"], 99))
     close_sockets(bench, "bare")
 
-    def again() -> None:  # for the profile: the sockets are open again first
-        storm(bench, target="poolhub", label="broadcast", tokens=bench.tokens["clients"][:n], count=n)
-        poolhub_once()
-        close_sockets(bench, "broadcast")
-
-    bench.repeaters[f"4: post to delivery p99, {n} sockets"] = (["web", "worker"], again)
+    name = f"4: post to delivery p99, {n} sockets"
+    bench.repeaters[name] = (["web", "worker"], poolhub_once)
+    bench.repeater_context[name] = (  # the profile sees the broadcast only: sockets open before it starts
+        lambda: storm(bench, target="poolhub", label="broadcast", tokens=bench.tokens["clients"][:n], count=n),
+        lambda: close_sockets(bench, "broadcast"))
     entry["rows"] += summarise_broadcast(stats, n)
     entry["setup"].append(
         f"{n} websocket clients (each its own pool member, authenticated with a `connect` frame), spread over "
-        f"{bench.plan.socket_loadgens} load generator processes, against {bench.stack.web_processes} web "
+        f"{bench.plan.socket_loadgens} load generator processes, against {bench.stack.web_count} web "
         "processes; per run a fresh group is closed and claimed, then the clock starts as the exporter sends "
         "`POST /groups/{id}/result` and stops at each socket's `result.available` for that group (one monotonic "
         f"clock for all processes). Delivered to {min(delivered, default=0)}-{max(delivered, default=0)} of {n} "
