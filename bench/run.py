@@ -750,6 +750,7 @@ class Bench:
             self.figure("11", "Reconnect storm", self.bound(figures.fig_storm))
             self.figure("4", "Broadcast of `result.available`", self.bound(figures.fig_broadcast))
             self.figure("7", "A whole round", self.fig_round)
+            self.figure("12", "Storage that shrinks after a retention purge", self.bound(figures.fig_purge))
             try:
                 profile = self.profile()
             except Exception as exc:
