@@ -24,9 +24,10 @@ $(STAMP): $(DEV_REQS)
 	@touch $(STAMP)
 
 # The client SDK and the `poolhub` command (client/), installed editable into .venv for `make demo`
-# (the tests import it from client/src, see pyproject.toml).
+# (the tests import it from client/src, see pyproject.toml). It needs only the runtime set (httpx,
+# websockets; setuptools comes with the venv), so a demo after `make run` installs no test tools.
 CLIENT_STAMP := $(VENV)/.client-installed
-$(CLIENT_STAMP): $(STAMP) client/pyproject.toml
+$(CLIENT_STAMP): $(RUN_STAMP) client/pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-build-isolation -e client 2>/dev/null \
 		|| $(BIN)/python -m pip install --quiet --disable-pip-version-check -e client
 	@touch $(CLIENT_STAMP)

@@ -160,7 +160,7 @@ def fig_storm(bench: Bench, entry: dict[str, Any]) -> None:
     bench.repeaters[f"11: {n} sockets opened at once, authenticated"] = (["web"], again)
     entry["setup"].append(
         f"{n} pool members' sockets opened at the same instant from {bench.plan.socket_loadgens} load generator "
-        f"processes against {bench.stack.web_processes} web processes; each sends `connect` with its access token "
+        f"processes against {bench.stack.web_count} web processes; each sends `connect` with its access token "
         "as soon as the handshake completes (no pacing). Then every socket is dropped without a closing handshake "
         "(devices vanishing), and Redis is asked how many web processes are still subscribed to the pool's group "
         "(`PUBSUB NUMSUB`: a process stays subscribed while any channel is in the group). Baseline: the same number "
@@ -213,16 +213,15 @@ def fig_broadcast(bench: Bench, entry: dict[str, Any]) -> None:
                 stats[target]["p99"].append(percentile(result["latencies"], 99))
     close_sockets(bench, "bare")
 
-    def again() -> None:  # for the profile: the sockets are open again first
-        storm(bench, target="poolhub", label="broadcast", tokens=bench.tokens["clients"][:n], count=n)
-        poolhub_once()
-        close_sockets(bench, "broadcast")
-
-    bench.repeaters[f"4: post to delivery p99, {n} sockets"] = (["web", "worker"], again)
+    name = f"4: post to delivery p99, {n} sockets"
+    bench.repeaters[name] = (["web", "worker"], poolhub_once)
+    bench.repeater_context[name] = (  # the profile sees the broadcast only: sockets open before it starts
+        lambda: storm(bench, target="poolhub", label="broadcast", tokens=bench.tokens["clients"][:n], count=n),
+        lambda: close_sockets(bench, "broadcast"))
     entry["rows"] += summarise_broadcast(stats, n)
     entry["setup"].append(
         f"{n} websocket clients (each its own pool member, authenticated with a `connect` frame), spread over "
-        f"{bench.plan.socket_loadgens} load generator processes, against {bench.stack.web_processes} web "
+        f"{bench.plan.socket_loadgens} load generator processes, against {bench.stack.web_count} web "
         "processes; per run a fresh group is closed and claimed, then the clock starts as the exporter sends "
         "`POST /groups/{id}/result` and stops at each socket's `result.available` for that group (one monotonic "
         f"clock for all processes). Delivered to {min(delivered, default=0)}-{max(delivered, default=0)} of {n} "
@@ -340,3 +339,62 @@ def fig_tus(bench: Bench, entry: dict[str, Any]) -> None:
         "unlimited): a creation `POST /pools/{pool}/tus` with `Upload-Length` and `Upload-Metadata`, then the whole "
         "file in one `PATCH`; beside one REST upload of the same size and the same two requests to the tus Node "
         "server, each on a fresh connection.")
+
+
+# --- figure 12: storage that shrinks -------------------------------------------------------------
+def chunks_megabytes(bench: Bench) -> float:
+    """MB of the uploads bucket's chunks by the file store's own accounting (collStats `size`)."""
+    db, bucket, _ = bench.filestore()
+    try:
+        return float(db.command("collStats", f"{bucket}.chunks").get("size", 0)) / MB
+    finally:
+        db.client.close()
+
+
+def stored_then_purged(bench: Bench, count: int) -> tuple[float, float, int]:
+    """Store `count` 200 KiB uploads in a pool with a one-day retention, then run the retention
+    job as if two days had passed; the chunks' MB before and after, and how many were purged."""
+    from datetime import timedelta
+
+    from django.db import connection
+    from django.utils import timezone
+
+    from accounts.models import Pool
+    from lifecycle.services import purge_expired
+
+    for tag in range(count):
+        result = bench.call("upload", size=200 * KIB, token=bench.tokens["ingest"][tag % 16],
+                            pool=bench.pools["ingest"], timestamp=bench.recent(), tag=12000 + tag)
+        if result["status"] != 202:
+            raise RuntimeError(f"upload refused: {result}")
+    bench.drain()
+    Pool.objects.filter(id=bench.pools["ingest"]).update(retention_days=1)
+    before = chunks_megabytes(bench)
+    purged = 0
+    try:
+        while True:  # one call purges at most its batches; run until nothing is left
+            done = purge_expired(now=timezone.now() + timedelta(days=2))
+            purged += done.uploads
+            if not done.marked and not done.removed:
+                break
+    finally:
+        Pool.objects.filter(id=bench.pools["ingest"]).update(retention_days=None)
+        connection.close()
+    return before, chunks_megabytes(bench), purged
+
+
+def fig_purge(bench: Bench, entry: dict[str, Any]) -> None:
+    bench.endpoints("POST pools/{id}/uploads")
+    bench.keep_files.clear()  # the last figure: nothing later reads the export's files
+    bench.prune()
+    count = bench.plan.sustained_files
+    before, after, purged = stored_then_purged(bench, count)
+    entry["rows"].append(report.row(
+        "uploads bucket after the retention purge", "MB", [after], baseline_name="the same bucket before it",
+        baseline_values=[before], target=Target("max", 0.1, "< 0.1 of the bytes before the purge"),
+        note=f"{purged} uploads purged"))
+    entry["setup"].append(
+        f"{count} uploads of 200 KiB stored in the ingest pool, whose retention is then set to one day; the "
+        "retention job (`lifecycle.services.purge_expired`, the beat task's service) runs as if two days had "
+        "passed, until it finds nothing more. Sizes are the file store's own `collStats` of the uploads bucket's "
+        "chunks, so they show the space the store gives back, not a count of rows.")

@@ -102,6 +102,8 @@ class Bench:
         self.figures: list[dict[str, Any]] = []
         self.errors: list[str] = []
         self.repeaters: dict[str, tuple[list[str], Callable[[], object]]] = {}
+        # Per repeater, what to do before the profiler starts and after it stops (open sockets, close them).
+        self.repeater_context: dict[str, tuple[Callable[[], object], Callable[[], object]]] = {}
         self.drain_rates: list[float] = []
         self.sampler: RssSampler | None = None
         self.export: dict[str, Any] = {}
@@ -686,6 +688,8 @@ class Bench:
         procs, action = self.repeaters[name]
         if "worker" in procs and self.stack.has("filestore"):
             procs = [*procs, "filestore"]  # the embedded file store is Python too: see where its time goes
+        before, after = self.repeater_context.get(name, (lambda: None, lambda: None))
+        before()
         log(f"profiling {name} ({', '.join(procs)})")
         spies = []
         rate = int(os.environ.get("BENCH_PROFILE_RATE", "100"))
@@ -711,6 +715,7 @@ class Bench:
                 except subprocess.TimeoutExpired:
                     spy.kill()
                     spy.wait()
+            after()
         processes = []
         for proc, out, spy in spies:
             if out.exists():
@@ -745,6 +750,7 @@ class Bench:
             self.figure("11", "Reconnect storm", self.bound(figures.fig_storm))
             self.figure("4", "Broadcast of `result.available`", self.bound(figures.fig_broadcast))
             self.figure("7", "A whole round", self.fig_round)
+            self.figure("12", "Storage that shrinks after a retention purge", self.bound(figures.fig_purge))
             try:
                 profile = self.profile()
             except Exception as exc:

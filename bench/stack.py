@@ -43,7 +43,7 @@ class Stack(launcher.Stack):
         self.ports: dict[str, int] = {}
         self.loadgens: list[subprocess.Popen[str]] = []
         self.config: dict[str, str] = {}
-        self.web_processes = 1
+        self.web_count = 1
 
     # --- environment --------------------------------------------------------------------------
     def prepare_env(self) -> None:
@@ -59,6 +59,7 @@ class Stack(launcher.Stack):
         env["JWT_ACCESS_SECONDS"] = "14400"
         env["CELERY_TASK_ALWAYS_EAGER"] = "0"
         env["CELERY_QUEUE"] = f"poolhub-bench-{os.getpid()}"
+        env.setdefault("CELERY_CONCURRENCY", "2")  # the worker does not follow the web processes a figure uses
         env["POOLHUB_FAST_PASSWORD_HASHER"] = "1"  # only speeds up creating the bench's accounts
         env.pop("DEBUG", None)
         self.config["settings for the run"] = (
@@ -86,7 +87,7 @@ class Stack(launcher.Stack):
     def start_servers(self, web_processes: int) -> None:
         self.ports["poolhub"] = free_port()
         self.env["PORT"], self.env["HOST"] = str(self.ports["poolhub"]), "127.0.0.1"
-        self.web_processes = web_processes
+        self.web_count = web_processes
         self.metrics_dir()
         self.start_web(web_processes)
         self.start_worker(loglevel=self.env.get("BENCH_WORKER_LOGLEVEL", "WARNING"))
@@ -117,12 +118,12 @@ class Stack(launcher.Stack):
 
     def restart_web(self, processes: int) -> None:
         """The web server again with `processes` processes, on the same port."""
-        if processes == self.web_processes:
+        if processes == self.web_count:
             return
         web = self.children.pop("web")
         web.terminate()
         web.wait(30)
-        self.web_processes = processes
+        self.web_count = processes
         self.start_web(processes)
         self.wait_http("web")
         if processes > 1:  # every worker process of uvicorn answers before the figure starts

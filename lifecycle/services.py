@@ -274,12 +274,15 @@ def _retention_pools(*, now: datetime) -> list[tuple[UUID, datetime, datetime | 
             for pool_id, days in Pool.objects.filter(retention_days__isnull=False).values_list("id", "retention_days")]
 
 
-def _kept_before(*, pool_id: UUID, cutoff: datetime, start: datetime | None) -> QuerySet[Upload]:
-    """The pool's uploads created before `cutoff` (from its mark on) whose content is still kept."""
+def _scanned(*, pool_id: UUID, cutoff: datetime, start: datetime | None) -> QuerySet[Upload]:
+    """The pool's uploads created before `cutoff`, from its mark on."""
     rows = Upload.objects.filter(pool_id=pool_id, created_at__lt=cutoff)
-    if start is not None:
-        rows = rows.filter(created_at__gte=start)
-    return rows.exclude(_purged("upload"))
+    return rows if start is None else rows.filter(created_at__gte=start)
+
+
+def _kept_before(*, pool_id: UUID, cutoff: datetime, start: datetime | None) -> QuerySet[Upload]:
+    """Those of them whose content is still kept."""
+    return _scanned(pool_id=pool_id, cutoff=cutoff, start=start).exclude(_purged("upload"))
 
 
 def _expired_uploads(*, now: datetime, limit: int) -> list[UUID]:
@@ -302,10 +305,8 @@ def retention_marks_advance(*, now: datetime) -> None:
         mark = (_kept_before(pool_id=pool_id, cutoff=cutoff, start=start)
                 .order_by("created_at").values_list("created_at", flat=True).first())
         if mark is None:  # all purged: new uploads are created after the newest of them
-            scanned = Upload.objects.filter(pool_id=pool_id, created_at__lt=cutoff)
-            if start is not None:
-                scanned = scanned.filter(created_at__gte=start)
-            mark = scanned.aggregate(newest=Max("created_at"))["newest"]
+            newest = _scanned(pool_id=pool_id, cutoff=cutoff, start=start).aggregate(newest=Max("created_at"))
+            mark = newest["newest"]
         if mark is None or (start is not None and mark <= start):
             continue
         if not RetentionMark.objects.filter(pool_id=pool_id, uploads_from__lt=mark).update(uploads_from=mark):

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.http import Http404, HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from rest_framework import exceptions, status
 from rest_framework.response import Response
+
+logger = logging.getLogger(__name__)
 
 
 class ApiError(exceptions.APIException):
@@ -133,6 +138,11 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
         exc = NotFound()
     elif isinstance(exc, DjangoPermissionDenied):
         exc = Forbidden()
+    elif isinstance(exc, RedisConnectionError | RedisTimeoutError):
+        # Redis (throttles, login guard, staging) unreachable: a dependency down is the contract's
+        # 503 with Retry-After, so clients retry; not a 500.
+        logger.warning("Redis unavailable: %s", exc)
+        exc = Unavailable()
     from rest_framework.views import exception_handler  # late: DRF's views import our auth classes
 
     response = exception_handler(exc, context)

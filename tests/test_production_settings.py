@@ -46,6 +46,6 @@ def test_local_runs_send_no_hsts() -> None:
 def test_a_secure_request_gets_the_hsts_header(settings) -> None:
     settings.SECURE_HSTS_SECONDS = 31536000
     settings.SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
-    response = Client().get("/healthz", HTTP_X_FORWARDED_PROTO="https")
+    response = Client().get("/api/v1/pools", HTTP_X_FORWARDED_PROTO="https")
     assert response["Strict-Transport-Security"].startswith("max-age=31536000")
-    assert "Strict-Transport-Security" not in Client().get("/healthz")
+    assert "Strict-Transport-Security" not in Client().get("/api/v1/pools")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from dataclasses import dataclass, field
@@ -90,7 +91,8 @@ class Socket:
                 return frames
 
     async def resume(self, after: int, **extra: Any) -> list[dict[str, Any]]:
-        """Replayed notifications, then the closing `resumed` frame."""
+        """Replayed notifications, then the closing `resumed` frame (once the log has settled)."""
+        await log_settled()
         await self.send({"type": "resume", "after": after, **extra})
         return await self.drain_until("resumed")
 
@@ -117,6 +119,22 @@ class Socket:
     async def close(self) -> None:
         if self.closed_with is None:
             await self.communicator.disconnect()
+
+
+def _events_pending() -> int:
+    from uploads.selectors import events_committed
+
+    return Event.objects.count() - events_committed(Event.objects.all()).count()
+
+
+async def log_settled() -> None:
+    """Wait until every committed event is below the log's safe horizon. On PostgreSQL, `resume`
+    reads only below it (uploads.selectors.events_committed), and a transaction still open anywhere
+    on the server (another test run's) holds it back for a moment."""
+    for _ in range(200):
+        if not await database_sync_to_async(_events_pending)():
+            return
+        await asyncio.sleep(0.05)
 
 
 async def connected(user: User, **kwargs: Any) -> Socket:

@@ -19,7 +19,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from accounts.models import Membership, Role, User
-from tests.notifications.conftest import access_for, group_closed, run
+from tests.notifications.conftest import access_for, group_closed, log_settled, run
 from uploads.models import Upload
 from uploads.staging import staging_used_bytes
 from uploads.transfers import transfers_expire
@@ -204,6 +204,7 @@ async def test_resume_after_a_disconnect_delivers_the_missed_notifications_once(
         assert (await client.push())["seq"] == first.seq
     missed = [await run(group_closed, pool_id=pool.id) for _ in range(3)]
     await run(group_closed, pool_id=other_pool.id)  # not the contributor's pool
+    await log_settled()
     async with socket(live_server_url, token=token, in_header=True) as client:
         await client.ws.send(json.dumps({"type": "resume", "after": first.seq, "request_id": "r"}))
         frames: list[dict[str, Any]] = []

@@ -129,4 +129,4 @@ def test_a_slow_request_keeps_its_key_claimed(contributor, settings):
     outcome, replayed = idempotent(user_id=contributor.id, key="k-slow", run=run, fingerprint=lambda: "fp")
     assert (outcome.status, replayed) == (202, False)
     assert held == [True] * 4
-    assert json.loads(redis_client().get(redis_key))["state"] == "done"
+    assert json.loads(redis_client().get(redis_key) or b"{}")["state"] == "done"

@@ -20,7 +20,7 @@ from uploads.staging import staging_exists
 pytestmark = pytest.mark.django_db
 
 
-def transfer(user: Any, pool: Any, data: bytes) -> tuple[str, dict[str, Any]]:
+def transfer(user: Any, pool: Any, data: bytes) -> tuple[str, transfers.Writers]:
     writers: transfers.Writers = {}
     started = transfers.transfer_start(user=user, frame={
         "pool": str(pool.id), "size": len(data), "timestamp": WHEN, "sha256": hashlib.sha256(data).hexdigest(),
@@ -35,7 +35,7 @@ def test_completing_twice_after_a_lost_record_keeps_the_uploads_bytes(
         pool, contributor, broker_down, settings, django_capture_on_commit_callbacks):  # noqa: F811
     data = payload(20 * 1024, seed=5)
     transfer_id, writers = transfer(contributor, pool, data)
-    state = redis_client().hgetall(f"{transfers.PREFIX}{transfer_id}")
+    state: dict[Any, Any] = redis_client().hgetall(f"{transfers.PREFIX}{transfer_id}")
     with django_capture_on_commit_callbacks(execute=True):
         first = transfers.transfer_complete(user=contributor, frame={"transfer_id": transfer_id}, writers=writers)
     # The server stopped after the accept committed and before it recorded the completion.

@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import os
+import time
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from datetime import datetime
@@ -276,8 +277,17 @@ class AsyncPoolhubClient(_core.ClientSettings):
         return Listener(self, after=after, reconnect=reconnect, max_backoff=max_backoff)
 
 
+SETTLE_SECONDS = 30.0
+"""How far back a reconnect resumes. The server gives each event its `seq` when the event is
+written, and events of concurrent transactions commit (and are pushed) in an order that can
+differ from `seq` order by a transaction's length; a client that resumed from the highest `seq` it
+saw live could skip an event with a smaller `seq` that committed just after. So the listener
+resumes from the highest `seq` it saw at least this long ago, and drops the repeats by `seq`."""
+
+
 class Listener:
-    """The iterator `listen()` returns; `last_seq` is the highest seq delivered so far."""
+    """The iterator `listen()` returns. `last_seq` is the highest seq delivered so far;
+    `resume_seq` is where a later run should start (`listen(after=listener.resume_seq)`)."""
 
     def __init__(self, client: AsyncPoolhubClient, *, after: int | None, reconnect: bool,
                  max_backoff: float) -> None:
@@ -289,6 +299,8 @@ class Listener:
         self.connections = 0
         self._seen: set[int] = set()
         self._order: deque[int] = deque()
+        self._settled = after  # the highest seq delivered at least SETTLE_SECONDS ago
+        self._recent: deque[tuple[float, int]] = deque()  # (when, seq) of what was delivered since
         self._stream: AsyncGenerator[Notification, None] = self._run()
 
     def __aiter__(self) -> Listener:
@@ -299,6 +311,21 @@ class Listener:
 
     async def aclose(self) -> None:
         await self._stream.aclose()
+
+    @property
+    def resume_seq(self) -> int | None:
+        """Where to resume from: nothing with a smaller seq can still be on its way."""
+        now = time.monotonic()
+        while self._recent and now - self._recent[0][0] >= SETTLE_SECONDS:
+            _, seq = self._recent.popleft()
+            self._settled = max(self._settled or 0, seq)
+        if self._settled is None and self._recent:  # listening "from now on": replay what came since
+            return min(seq for _, seq in self._recent) - 1
+        return self._settled
+
+    def _delivered(self, seq: int) -> None:
+        self.last_seq = max(self.last_seq or 0, seq)
+        self._recent.append((time.monotonic(), seq))
 
     def _fresh(self, seq: int) -> bool:
         if seq in self._seen:
@@ -330,8 +357,9 @@ class Listener:
         await self._authenticate(ws)
         self.connections += 1
         self.connected.set()
-        if self.last_seq is not None:
-            await ws.send(json.dumps({"type": "resume", "after": self.last_seq, "request_id": "resume"}))
+        after = self.resume_seq
+        if after is not None:
+            await ws.send(json.dumps({"type": "resume", "after": after, "request_id": "resume"}))
         async for raw in ws:
             message = json.loads(raw)
             if not isinstance(message, dict):
@@ -345,7 +373,7 @@ class Listener:
             seq = note.get("seq")
             if not isinstance(seq, int) or not self._fresh(seq):
                 continue  # a reply (alive, connected) or a duplicate of something already delivered
-            self.last_seq = max(self.last_seq or 0, seq)
+            self._delivered(seq)
             yield note
 
     async def _run(self) -> AsyncGenerator[Notification, None]:

@@ -8,7 +8,11 @@
   const API = "/api/v1";
   const KEY_ACCESS = "poolhub.access";
   const KEY_REFRESH = "poolhub.refresh";
-  const KEY_SEQ = "poolhub.lastSeq";
+  const KEY_SEQ = "poolhub.lastSeq"; // the resume cursor: every seq up to it has settled
+  const KEY_RECENT = "poolhub.recentSeqs"; // [[ms, seq], ...] delivered within the settle time
+  // Events of concurrent transactions can commit in another order than their seq, so a
+  // reconnect resumes from the newest seq seen at least this long ago and drops repeats.
+  const SETTLE_MS = 30000;
   const KEY_POOL = "poolhub.pool";
   const KEY_RESUME = "poolhub.resume."; // + pool, kind and file fingerprint: an unfinished large upload
   const ROLES = ["manager", "contributor", "listener", "exporter"];
@@ -222,6 +226,7 @@
       sessionStorage.removeItem(KEY_ACCESS);
       sessionStorage.removeItem(KEY_REFRESH);
       sessionStorage.removeItem(KEY_SEQ);
+      sessionStorage.removeItem(KEY_RECENT);
       sessionStorage.removeItem(KEY_POOL);
     },
   };
@@ -1410,15 +1415,43 @@
     badge.className = on ? "badge on" : "badge";
   }
 
+  function recentSeqs() {
+    try {
+      const list = JSON.parse(sessionStorage.getItem(KEY_RECENT) || "[]");
+      return Array.isArray(list) ? list : [];
+    } catch (e) {
+      return [];
+    }
+  }
+
+  // Where a (re)connect resumes from; entries older than the settle time move into the cursor.
   function lastSeq() {
     const raw = sessionStorage.getItem(KEY_SEQ);
-    const n = raw === null ? NaN : parseInt(raw, 10);
-    return isNaN(n) ? null : n;
+    let settled = raw === null ? NaN : parseInt(raw, 10);
+    const now = Date.now();
+    const recent = recentSeqs().filter(([at, seq]) => {
+      if (now - at < SETTLE_MS) return true;
+      settled = isNaN(settled) ? seq : Math.max(settled, seq);
+      return false;
+    });
+    sessionStorage.setItem(KEY_RECENT, JSON.stringify(recent));
+    if (!isNaN(settled)) {
+      sessionStorage.setItem(KEY_SEQ, String(settled));
+      return settled;
+    }
+    return recent.length ? Math.min(...recent.map(([, seq]) => seq)) - 1 : null;
   }
 
   function rememberSeq(seq) {
-    const last = lastSeq();
-    if (last === null || seq > last) sessionStorage.setItem(KEY_SEQ, String(seq));
+    const recent = recentSeqs();
+    recent.push([Date.now(), seq]);
+    sessionStorage.setItem(KEY_RECENT, JSON.stringify(recent.slice(-500)));
+  }
+
+  // A page reload keeps what was shown within the settle time, so a replay does not show it twice.
+  function seenBefore(seq) {
+    if (state.seenSeqs.size === 0) recentSeqs().forEach(([, s]) => state.seenSeqs.add(s));
+    return state.seenSeqs.has(seq);
   }
 
   function wsSend(frame) {
@@ -1562,7 +1595,7 @@
 
   function onNotification(frame) {
     if (typeof frame.seq === "number") {
-      if (state.seenSeqs.has(frame.seq)) return;
+      if (seenBefore(frame.seq)) return;
       state.seenSeqs.add(frame.seq);
       rememberSeq(frame.seq);
     }

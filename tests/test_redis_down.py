@@ -1,0 +1,36 @@
+"""Redis down under the REST API: the contract's 503 `unavailable` with Retry-After, never a 500.
+
+Login, signup and refresh read their throttles from Redis before anything else; with Redis gone
+they answered 500 `server_error`, which tells a client to give up instead of retrying.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NoReturn
+
+import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from accounts.models import User
+from poolhub.throttling import process_cache
+from tests.conftest import error_code
+
+
+@pytest.mark.parametrize("failure", [RedisConnectionError, RedisTimeoutError])
+@pytest.mark.parametrize(("path", "body"), [
+    ("/api/v1/auth/login", {"username": "station-1", "password": "a-long-and-unusual-passphrase"}),
+    ("/api/v1/auth/signup", {"username": "station-2", "password": "a-long-and-unusual-passphrase"}),
+])
+def test_auth_with_redis_down_is_503_unavailable(db: Any, api: Any, monkeypatch: pytest.MonkeyPatch,
+                                                 failure: type[Exception], path: str, body: dict[str, str]) -> None:
+    def down(*args: Any, **kwargs: Any) -> NoReturn:
+        raise failure("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+    monkeypatch.setattr(process_cache, "get", down)
+    users_before = User.objects.count()
+    response = api(None).post(path, body, format="json")
+    assert response.status_code == 503, response.content
+    assert error_code(response) == "unavailable"
+    assert int(response["Retry-After"]) > 0
+    assert User.objects.count() == users_before
