@@ -35,6 +35,11 @@ class Stack:
     shutdown lines are part of what is checked)."""
 
     def __init__(self, tmp_path: Path) -> None:
+        from celery_app import app
+
+        # Store kicks that earlier tests' servers left in the queue would make this worker store
+        # the upload in their batch, under their request id: start from an empty queue.
+        app.control.purge()
         metrics_dir = tmp_path / "metrics"
         metrics_dir.mkdir()
         env = live.child_env(LOG_FORMAT="json", LOG_LEVEL="INFO", PROMETHEUS_MULTIPROC_DIR=str(metrics_dir),
