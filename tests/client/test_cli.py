@@ -200,3 +200,11 @@ def test_provision_writes_credentials_once_to_a_private_file(live_server_url, tm
                       "--out", str(refused_out))
     assert refused.returncode == 1 and "forbidden" in refused.stderr
     assert not refused_out.exists()
+
+
+def test_an_admin_sees_pools_it_is_not_a_member_of_without_a_bogus_role(live_server_url, tmp_path, admin_user,
+                                                                         pool, as_user):
+    listing = poolhub(as_user(admin_user.username), "pools")
+    assert listing.returncode == 0, listing.stderr
+    line = next(line for line in listing.stdout.splitlines() if str(pool.id) in line)
+    assert "role None" not in line and "not a member" in line

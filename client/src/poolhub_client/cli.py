@@ -125,7 +125,8 @@ def cmd_whoami(ctx: Context, args: argparse.Namespace) -> int:
 def cmd_pools(ctx: Context, args: argparse.Namespace) -> int:
     with ctx.client() as client:
         for pool in client.list_pools():
-            _out(f"{pool['id']}  {pool.get('name')}  window {pool.get('window_seconds')}s  role {pool.get('role')}")
+            role = pool.get("role") or "not a member (admin view)"
+            _out(f"{pool['id']}  {pool.get('name')}  window {pool.get('window_seconds')}s  role {role}")
     return 0
 
 
