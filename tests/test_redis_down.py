@@ -65,3 +65,20 @@ async def test_websocket_with_redis_down_is_refused_with_try_again(monkeypatch: 
     assert (await socket.receive_output(timeout=10)) == {"type": "websocket.close", "code": 1013}
     refusals = [r for r in caplog.records if "channel layer's Redis is unreachable" in r.getMessage()]
     assert refusals and all(r.levelname == "WARNING" and r.exc_info is None for r in refusals)
+
+
+@pytest.mark.parametrize("failure", [RedisConnectionError, RedisTimeoutError])
+def test_admin_login_with_redis_down_is_a_plain_503(db: Any, client: Any, monkeypatch: pytest.MonkeyPatch,
+                                                    failure: type[Exception]) -> None:
+    """The admin's login page reads the same failure counters: with Redis gone it was a 500."""
+    def down(*args: Any, **kwargs: Any) -> NoReturn:
+        raise failure("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+    User.objects.create_superuser(username="root", password="a-long-and-unusual-passphrase")
+    monkeypatch.setattr(process_cache, "get_many", down)
+    response = client.post("/admin/login/", {"username": "root", "password": "a-long-and-unusual-passphrase"})
+    assert response.status_code == 503
+    assert response["Content-Type"].startswith("text/plain")
+    assert "try again later" in response.content.decode()
+    assert int(response["Retry-After"]) > 0
+    assert "_auth_user_id" not in client.session
