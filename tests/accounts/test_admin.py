@@ -100,6 +100,22 @@ def test_provision_clients(pool: Pool, tmp_path: Path) -> None:
         assert response.json()["user"]["role"] == "user"
         assert Membership.objects.get(pool=pool, user__username=row["username"]).role == Role.LISTENER
         assert row["pool"] == str(pool.id)
+        assert row["role"] == "listener"
+        assert row["url"] == ""
+
+
+def test_provision_clients_writes_the_columns_of_poolhub_provision(pool: Pool, tmp_path: Path) -> None:
+    """One credentials file format for devices, however the accounts were provisioned."""
+    out = tmp_path / "clients.csv"
+    call_command("provision_clients", "--pool", pool.name, "--count", "2", "--out", str(out),
+                 "--url", "https://poolhub.example.org", stdout=StringIO())
+
+    with out.open(newline="") as handle:
+        header = next(csv.reader(handle))
+    assert header == ["username", "password", "role", "pool", "url"]
+    rows = read_credentials(out)
+    assert [(row["role"], row["pool"], row["url"]) for row in rows] == [
+        ("contributor", str(pool.id), "https://poolhub.example.org")] * 2
 
 
 def test_provision_clients_again_adds_new_accounts(pool: Pool, tmp_path: Path) -> None:
