@@ -94,7 +94,8 @@ class PoolAdmin(admin.ModelAdmin):
             response = HttpResponse(content_type="text/csv; charset=utf-8")
             response["Content-Disposition"] = f'attachment; filename="{pool.name}-credentials.csv"'
             response["Cache-Control"] = "no-store"
-            services.members_csv_write(response, members=members, pool=pool)
+            services.members_csv_write(response, members=members, pool=pool,
+                                        url=request.build_absolute_uri("/").rstrip("/"))
             return response
         context = {**self.admin_site.each_context(request), "form": form, "pool": pool, "opts": self.model._meta,
                    "title": f"Provision accounts in {pool.name}",

@@ -17,6 +17,7 @@ keys per failure on the throttle cache that every web replica already shares, in
 
 from __future__ import annotations
 
+import logging
 import time
 import unicodedata
 from collections.abc import Callable
@@ -24,10 +25,14 @@ from collections.abc import Callable
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 from django.urls import reverse
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from rest_framework.throttling import BaseThrottle
 
-from poolhub.errors import ApiError
+from poolhub.errors import ApiError, Unavailable
 from poolhub.throttling import process_cache
+
+logger = logging.getLogger(__name__)
 
 _PREFIX = "login-failures"
 
@@ -97,10 +102,22 @@ class AdminLoginGuard:
         try:
             login_guard_check(username=username, address=address)
         except LoginThrottled as exc:
-            response = HttpResponse(exc.message, status=429, content_type="text/plain; charset=utf-8")
-            response["Retry-After"] = str(exc.retry_after)
-            return response
+            return _plain(exc.message, status=429, retry_after=exc.retry_after)
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            # The counters are unreachable: the API's answer (503, Retry-After) as a plain page.
+            logger.warning("admin login refused: Redis unavailable: %s", exc)
+            unavailable = Unavailable()
+            return _plain(str(unavailable.detail), status=503, retry_after=unavailable.retry_after)
         response = self.get_response(request)
         if response.status_code == 200:  # the form again: the credentials were refused
-            login_failure_record(username=username, address=address)
+            try:
+                login_failure_record(username=username, address=address)
+            except (RedisConnectionError, RedisTimeoutError) as exc:  # gone since the check: not counted
+                logger.warning("admin login failure not counted: Redis unavailable: %s", exc)
         return response
+
+
+def _plain(message: str, *, status: int, retry_after: int | None) -> HttpResponse:
+    response = HttpResponse(message, status=status, content_type="text/plain; charset=utf-8")
+    response["Retry-After"] = str(retry_after)
+    return response

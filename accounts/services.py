@@ -308,12 +308,17 @@ class TextSink(Protocol):
     def write(self, text: str, /) -> Any: ...
 
 
-def members_csv_write(handle: TextSink, *, members: list[ProvisionedMember], pool: Pool) -> None:
-    """Provisioned credentials as CSV (username, password, pool, role), for a file or a download."""
+CREDENTIALS_COLUMNS = ("username", "password", "role", "pool", "url")  # the columns `poolhub provision` writes
+
+
+def members_csv_write(handle: TextSink, *, members: list[ProvisionedMember], pool: Pool, url: str = "") -> None:
+    """Provisioned credentials as CSV, for a file or a download, in the columns of the client's
+    `poolhub provision` (username, password, role, pool, url), so every way of provisioning gives
+    devices the same file. `url` is the server's base URL, blank when unknown."""
     writer = csv.writer(handle)
-    writer.writerow(["username", "password", "pool", "role"])
+    writer.writerow(CREDENTIALS_COLUMNS)
     for member in members:
-        writer.writerow([member.username, member.password, str(pool.id), member.role])
+        writer.writerow([member.username, member.password, member.role, str(pool.id), url])
 
 
 def admin_ensure(*, username: str, password: str | None) -> tuple[User, str | None]:

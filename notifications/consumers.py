@@ -28,6 +28,8 @@ from channels.consumer import get_handler_name
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 from django.db import close_old_connections
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from rest_framework.exceptions import APIException
 
 from accounts.models import User
@@ -43,6 +45,7 @@ SUBPROTOCOL = "poolhub"
 BEARER_PREFIX = "bearer."
 CLOSE_UNAUTHENTICATED = 4401  # bad, expired, revoked or missing credentials
 CLOSE_AUTH_TIMEOUT = 4408  # no credentials within the deadline
+CLOSE_TRY_AGAIN = 1013  # RFC 6455 "try again later": the channel layer's Redis is unreachable
 _DELIVERED_MEMORY = 10_000  # seqs remembered per socket, so a push and its replay arrive once
 _FRAME_STEPS = 8  # loop turns from a frame read off the socket to its handler (uvicorn, channels dispatch)
 _LATE_SECONDS = 0.5  # an auth deadline waking this late means the server, not the client, was slow
@@ -79,11 +82,34 @@ def _resync_seconds() -> float:
 class GatewayConsumer(AsyncJsonWebsocketConsumer):
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         self.joined: set[str] = set()  # the groups this socket is in, kept exact at every await
+        sent: set[str] = set()
+
+        async def tracked_send(message: dict[str, Any]) -> None:
+            sent.add(message["type"])
+            await send(message)
+
         try:
-            await super().__call__(scope, receive, send)
+            await super().__call__(scope, receive, tracked_send)
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            # The channel layer's Redis is gone (its subscribe fails before the handshake is even
+            # answered): refuse with "try again later" instead of letting the server answer 500.
+            logger.warning("websocket refused: the channel layer's Redis is unreachable: %s", exc)
+            await self._refuse_unavailable(tracked_send, sent)
         finally:
             # However the socket ended (even without a disconnect message), it leaves its groups.
             await self._leave_groups()
+
+    @staticmethod
+    async def _refuse_unavailable(send: Callable[[dict[str, Any]], Awaitable[None]], sent: set[str]) -> None:
+        """Accept (if not yet), an `unavailable` error frame, then close with 1013."""
+        if "websocket.close" in sent:
+            return
+        frame = {"type": "error", "code": "unavailable", "message": "the service is unavailable; try again later"}
+        with contextlib.suppress(Exception):  # the peer may already be gone
+            if "websocket.accept" not in sent:
+                await send({"type": "websocket.accept"})
+            await send({"type": "websocket.send", "text": json.dumps(frame)})
+            await send({"type": "websocket.close", "code": CLOSE_TRY_AGAIN})
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         """Channels' dispatch without its hop to the sync thread before every message (to close

@@ -141,8 +141,20 @@ class Stack:
                 "--port", self.env.get("PORT", "8000"), "--ws", "websockets-sansio", "--lifespan", "off",
                 "--no-server-header", *self.web_proxy_args(), "--ws-max-size", str(self.ws_max_size()),
                 "--timeout-graceful-shutdown", "10",
-                "--log-level", self.env.get("UVICORN_LOG_LEVEL", "info")]
+                "--log-level", self.env.get("UVICORN_LOG_LEVEL", "info"), "--log-config", str(self.web_log_config())]
         return [*args, "--workers", str(processes)] if processes > 1 else args
+
+    def web_log_config(self) -> Path:
+        """poolhub's logging config as a file for uvicorn's --log-config: with several processes
+        uvicorn's parent ("Started parent process", "Uvicorn running on") writes through it too,
+        so under LOG_FORMAT=json every line is JSON, not only the app's."""
+        from poolhub.logs import logging_config
+
+        config = logging_config(fmt=self.env.get("LOG_FORMAT") or "text", level=self.env.get("LOG_LEVEL") or "INFO")
+        path = self.var_dir / "uvicorn-logging.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(config, indent=1))
+        return path
 
     def start_processes(self) -> None:
         self.metrics_dir()

@@ -159,9 +159,11 @@ class PoolhubJsonFormatter(JsonFormatter):
 
 
 def logging_config(*, fmt: str, level: str) -> dict[str, Any]:
-    """The `LOGGING` dict for settings: one console handler for everything, uvicorn's loggers included."""
+    """The `LOGGING` dict for settings: one console handler for everything, uvicorn's loggers included.
+    Plain JSON data (classes by dotted path), so the launcher also hands it to uvicorn's
+    `--log-config` for the lines its parent process writes before any app is imported."""
     formatter: dict[str, Any] = (
-        {"()": PoolhubJsonFormatter} if fmt == "json"
+        {"()": f"{__name__}.{PoolhubJsonFormatter.__name__}"} if fmt == "json"
         else {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}
     )
     handler = {"class": "logging.StreamHandler", "formatter": "default", "filters": ["context"]}
@@ -171,7 +173,7 @@ def logging_config(*, fmt: str, level: str) -> dict[str, Any]:
     return {
         "version": 1,
         "disable_existing_loggers": False,
-        "filters": {"context": {"()": ContextFilter}},
+        "filters": {"context": {"()": f"{__name__}.{ContextFilter.__name__}"}},
         "formatters": {"default": formatter},
         "handlers": {"console": handler},
         "root": {"handlers": ["console"], "level": level},

@@ -6,6 +6,7 @@ they answered 500 `server_error`, which tells a client to give up instead of ret
 
 from __future__ import annotations
 
+import logging
 from typing import Any, NoReturn
 
 import pytest
@@ -34,3 +35,50 @@ def test_auth_with_redis_down_is_503_unavailable(db: Any, api: Any, monkeypatch:
     assert error_code(response) == "unavailable"
     assert int(response["Retry-After"]) > 0
     assert User.objects.count() == users_before
+
+
+@pytest.mark.anyio
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("failure", [RedisConnectionError, RedisTimeoutError])
+async def test_websocket_with_redis_down_is_refused_with_try_again(monkeypatch: pytest.MonkeyPatch,
+                                                                   caplog: pytest.LogCaptureFixture,
+                                                                   failure: type[Exception]) -> None:
+    """The socket's channel subscribes in Redis first: with Redis gone the handshake was a 500."""
+    from channels.layers import channel_layers
+    from channels.testing import WebsocketCommunicator
+
+    from notifications.layer import _BoundedLoopLayer
+    from poolhub.asgi import application
+
+    async def down(*args: Any, **kwargs: Any) -> NoReturn:
+        raise failure("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+    channel_layers.backends = {}  # a layer object of this test's own event loop
+    monkeypatch.setattr(logging.getLogger("notifications.consumers"), "handlers", [caplog.handler])
+    monkeypatch.setattr(_BoundedLoopLayer, "_subscribe_to_channel", down)
+    socket = WebsocketCommunicator(application, "/ws/", headers=[(b"origin", b"http://testserver")],
+                                   subprotocols=["poolhub"])
+    accepted, _ = await socket.connect(timeout=10)
+    assert accepted
+    assert await socket.receive_json_from(timeout=10) == {
+        "type": "error", "code": "unavailable", "message": "the service is unavailable; try again later"}
+    assert (await socket.receive_output(timeout=10)) == {"type": "websocket.close", "code": 1013}
+    refusals = [r for r in caplog.records if "channel layer's Redis is unreachable" in r.getMessage()]
+    assert refusals and all(r.levelname == "WARNING" and r.exc_info is None for r in refusals)
+
+
+@pytest.mark.parametrize("failure", [RedisConnectionError, RedisTimeoutError])
+def test_admin_login_with_redis_down_is_a_plain_503(db: Any, client: Any, monkeypatch: pytest.MonkeyPatch,
+                                                    failure: type[Exception]) -> None:
+    """The admin's login page reads the same failure counters: with Redis gone it was a 500."""
+    def down(*args: Any, **kwargs: Any) -> NoReturn:
+        raise failure("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+    User.objects.create_superuser(username="root", password="a-long-and-unusual-passphrase")
+    monkeypatch.setattr(process_cache, "get_many", down)
+    response = client.post("/admin/login/", {"username": "root", "password": "a-long-and-unusual-passphrase"})
+    assert response.status_code == 503
+    assert response["Content-Type"].startswith("text/plain")
+    assert "try again later" in response.content.decode()
+    assert int(response["Retry-After"]) > 0
+    assert "_auth_user_id" not in client.session

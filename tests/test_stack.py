@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -59,16 +61,22 @@ def family(process: subprocess.Popen[bytes]) -> list[psutil.Process]:
 
 @pytest.fixture
 def launcher(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str, Path]]:
-    port, filestore_port = free_port(), free_port()
-    log_path = tmp_path / "launcher.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen([sys.executable, "-m", "poolhub.launcher"], cwd=BASE_DIR,
-                                   env=bare_env(tmp_path / "var", port, filestore_port), stdin=subprocess.DEVNULL,
-                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    process, url, log_path = start_launcher(tmp_path)
     try:
-        yield process, f"http://127.0.0.1:{port}", log_path
+        yield process, url, log_path
     finally:
         leftovers(process, tmp_path)
+
+
+def start_launcher(tmp_path: Path, **extra: str) -> tuple[subprocess.Popen[bytes], str, Path]:
+    port, filestore_port = free_port(), free_port()
+    log_path = tmp_path / "launcher.log"
+    env = {**bare_env(tmp_path / "var", port, filestore_port), **extra}
+    with log_path.open("wb") as log:
+        process = subprocess.Popen([sys.executable, "-m", "poolhub.launcher"], cwd=BASE_DIR, env=env,
+                                   stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+    return process, f"http://127.0.0.1:{port}", log_path
 
 
 def leftovers(process: subprocess.Popen[bytes], tmp_path: Path) -> None:
@@ -198,3 +206,31 @@ def test_the_launcher_trusts_forwarded_headers_only_from_named_proxies(
     assert int(cmdline[cmdline.index("--ws-max-size") + 1]) < 1024 * 1024
     os.killpg(process.pid, signal.SIGINT)
     process.wait(60)
+
+
+def test_json_logs_of_a_stack_with_two_web_processes_are_json_from_first_line_to_last(tmp_path: Path) -> None:
+    """uvicorn's parent process (with --workers), the admin account's creation, the launcher, the
+    web processes, the worker and beat: under LOG_FORMAT=json a log collector parses every line."""
+    process, url, log_path = start_launcher(tmp_path, LOG_FORMAT="json", WEB_CONCURRENCY="2")
+    try:
+        ready = wait_ready(url, process)
+        assert ready is not None and ready.status_code == 200, log_path.read_text()[-4000:]
+        process.send_signal(signal.SIGTERM)
+        process.wait(60)
+    finally:
+        leftovers(process, tmp_path)
+
+    lines = [line for line in log_path.read_text().splitlines() if line.strip()]
+    records = []
+    for line in lines:
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            pytest.fail(f"not a JSON line: {line!r}")
+    assert all({"ts", "level", "logger", "message"} <= set(record) for record in records)
+    messages = " ".join(record["message"] for record in records)
+    assert "Started parent process" in messages and "Uvicorn running on" in messages
+    password_file = tmp_path / "var" / "admin-password"
+    assert stat.S_IMODE(password_file.stat().st_mode) == 0o600
+    assert f"its generated password is in {password_file}" in messages
+    assert password_file.read_text().strip() not in log_path.read_text()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import logging
 import stat
 from io import StringIO
 from pathlib import Path
@@ -100,6 +101,22 @@ def test_provision_clients(pool: Pool, tmp_path: Path) -> None:
         assert response.json()["user"]["role"] == "user"
         assert Membership.objects.get(pool=pool, user__username=row["username"]).role == Role.LISTENER
         assert row["pool"] == str(pool.id)
+        assert row["role"] == "listener"
+        assert row["url"] == ""
+
+
+def test_provision_clients_writes_the_columns_of_poolhub_provision(pool: Pool, tmp_path: Path) -> None:
+    """One credentials file format for devices, however the accounts were provisioned."""
+    out = tmp_path / "clients.csv"
+    call_command("provision_clients", "--pool", pool.name, "--count", "2", "--out", str(out),
+                 "--url", "https://poolhub.example.org", stdout=StringIO())
+
+    with out.open(newline="") as handle:
+        header = next(csv.reader(handle))
+    assert header == ["username", "password", "role", "pool", "url"]
+    rows = read_credentials(out)
+    assert [(row["role"], row["pool"], row["url"]) for row in rows] == [
+        ("contributor", str(pool.id), "https://poolhub.example.org")] * 2
 
 
 def test_provision_clients_again_adds_new_accounts(pool: Pool, tmp_path: Path) -> None:
@@ -226,3 +243,24 @@ def test_ensure_admin_takes_the_password_from_the_environment(monkeypatch: pytes
     assert "second-long-password-2" not in out.getvalue()
     assert login_status("root", "second-long-password-2") == 200
     assert login_status("root", "first-long-password-1") == 401
+
+
+def test_ensure_admin_with_json_logs_puts_the_password_in_a_private_file(
+        monkeypatch: pytest.MonkeyPatch, settings: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """JSON logs are collected and kept: the generated password is never in them nor on stdout."""
+    monkeypatch.delenv("POOLHUB_ADMIN_USERNAME", raising=False)
+    monkeypatch.delenv("POOLHUB_ADMIN_PASSWORD", raising=False)
+    settings.LOG_FORMAT, settings.VAR_DIR = "json", tmp_path
+    monkeypatch.setattr(logging.getLogger("accounts.management.commands.ensure_admin"), "handlers", [caplog.handler])
+    out = StringIO()
+
+    call_command("ensure_admin", stdout=out)
+
+    path = tmp_path / "admin-password"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    password = path.read_text().strip()
+    assert login_status("admin", password) == 200
+    assert out.getvalue() == ""
+    logged = " ".join(record.getMessage() for record in caplog.records)
+    assert str(path) in logged
+    assert password not in logged

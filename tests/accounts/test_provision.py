@@ -135,8 +135,9 @@ def test_admin_action_downloads_the_credentials_as_csv(client, pool, admin_user)
     assert response.status_code == 200
     assert response["Content-Type"].startswith("text/csv")
     assert "attachment" in response["Content-Disposition"]
+    assert response.content.decode().splitlines()[0] == "username,password,role,pool,url"  # as `poolhub provision`
     rows = list(csv.DictReader(io.StringIO(response.content.decode())))
     assert [row["username"] for row in rows] == [f"kiosk-0000{i}" for i in range(1, 6)]
     for row in rows:
-        assert row["role"] == "listener"
+        assert (row["role"], row["pool"], row["url"]) == ("listener", str(pool.id), "http://testserver")
         assert authenticate(username=row["username"], password=row["password"]) is not None

@@ -21,7 +21,9 @@ class Command(BaseCommand):
         parser.add_argument("--count", type=int, required=True)
         parser.add_argument("--role", choices=[r.value for r in Role], default=Role.CONTRIBUTOR.value)
         parser.add_argument("--prefix", default="client-")
-        parser.add_argument("--out", required=True, help="CSV file to write username,password to (mode 0600)")
+        parser.add_argument("--out", required=True,
+                            help="CSV file to write username,password,role,pool,url to (mode 0600)")
+        parser.add_argument("--url", default="", help="the server's base URL for the file's url column (default blank)")
         parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -42,7 +44,7 @@ class Command(BaseCommand):
                                                  role=options["role"])
             except ApiError as exc:
                 raise CommandError(exc.message) from exc
-            members_csv_write(handle, members=members, pool=pool)
+            members_csv_write(handle, members=members, pool=pool, url=options["url"])
             handle.flush()
             os.fsync(handle.fileno())
         self.stdout.write(f"provisioned {len(members)} {options['role']} account(s) in {pool.name}; "
