@@ -212,7 +212,7 @@ def files_write(*, bucket: Bucket, files: Iterable[FileToWrite]) -> dict[str, St
             except Exception as exc:  # this file's source failed: drop its chunks, go on with the others
                 del pending[mark:]
                 pending_bytes = sum(len(document["data"]) for document in pending)
-                _chunks(bucket).delete_many({"files_id": key})
+                _unfinished_chunks_drop(bucket, [key])
                 outcome[key] = exc
                 continue
             if buffer:
@@ -228,13 +228,22 @@ def files_write(*, bucket: Bucket, files: Iterable[FileToWrite]) -> dict[str, St
             _files(bucket).insert_many(documents, ordered=False)
     except BaseException as exc:
         with contextlib.suppress(PyMongoError):
-            _chunks(bucket).delete_many({"files_id": {"$in": keys}})
+            _unfinished_chunks_drop(bucket, keys)
         if isinstance(exc, PyMongoError):
             raise FileStoreUnavailable(f"the file store refused a batch of {len(keys)} file(s): {exc}") from exc
         raise
     for document in documents:
         outcome[str(document["_id"])] = _stored(bucket, document)
     return outcome
+
+
+def _unfinished_chunks_drop(bucket: Bucket, keys: list[str]) -> None:
+    """Remove the chunks of those of `keys` that have no files document: a failed write of an id
+    that is already stored (a retry, a duplicate) must not take the stored file's chunks with it."""
+    stored = {document["_id"] for document in _files(bucket).find({"_id": {"$in": keys}}, {"_id": 1})}
+    unfinished = [key for key in keys if key not in stored]
+    if unfinished:
+        _chunks(bucket).delete_many({"files_id": {"$in": unfinished}})
 
 
 # --- read -------------------------------------------------------------------------------------

@@ -140,3 +140,19 @@ def test_files_open_and_stored_bytes_cover_only_complete_files() -> None:
     assert set(files_open(bucket=Bucket.UPLOADS, file_ids=ids)) == {str(ids[0]), str(ids[1])}
     assert files_stored_bytes(bucket=Bucket.UPLOADS) == 21
     assert files_stored_bytes(bucket=Bucket.UPLOADS, file_ids=[ids[1], ids[2]]) == 11
+
+
+@pytest.mark.parametrize("fail_source", [False, True])
+def test_writing_an_id_that_is_already_stored_leaves_the_stored_file_whole(fail_source: bool) -> None:
+    data = os.urandom(SIZE)
+    file_id = uuid4()
+    file_write(bucket=Bucket.UPLOADS, file_id=file_id, filename="a.bin", chunks=pieces(data))
+
+    def again() -> Iterator[bytes]:
+        yield os.urandom(GRIDFS_CHUNK_BYTES)
+        if fail_source:
+            raise OSError("the source broke")
+
+    with pytest.raises(OSError):
+        file_write(bucket=Bucket.UPLOADS, file_id=file_id, filename="b.bin", chunks=again())
+    assert file_intact(bucket=Bucket.UPLOADS, file_id=file_id, sha256=hashlib.sha256(data).hexdigest())
