@@ -338,14 +338,18 @@ def _webhooks() -> Iterable[Metric]:
     return [family]
 
 
+def _counted_text() -> bytes:
+    """What processes counted: every process's samples under PROMETHEUS_MULTIPROC_DIR, else this one's."""
+    if not MULTIPROC_DIR:
+        return generate_latest(REGISTRY)
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=MULTIPROC_DIR)
+    return generate_latest(registry)
+
+
 def metrics_text() -> bytes:
     """Every process's samples (or this process's) and the scrape-time gauges, in text format."""
-    if MULTIPROC_DIR:
-        registry = CollectorRegistry()
-        MultiProcessCollector(registry, path=MULTIPROC_DIR)
-        counted = generate_latest(registry)
-    else:
-        counted = generate_latest(REGISTRY)
+    counted = _counted_text()
     scraped = CollectorRegistry()
     scraped.register(ScrapeCollector())
     return counted + generate_latest(scraped)
@@ -421,9 +425,6 @@ def _worker_metrics_app(environ: dict[str, Any], start_response: Callable[..., A
     if environ.get("PATH_INFO") != "/metrics" or not allowed:
         start_response("404 Not Found", [("Content-Type", "application/json")])
         return [b'{"error": {"code": "not_found", "message": "no such endpoint", "details": {}}}']
-    registry = CollectorRegistry()
-    if MULTIPROC_DIR:
-        MultiProcessCollector(registry, path=MULTIPROC_DIR)
-    body = generate_latest(registry if MULTIPROC_DIR else REGISTRY)
+    body = _counted_text()
     start_response("200 OK", [("Content-Type", CONTENT_TYPE_LATEST)])
     return [body]
