@@ -46,7 +46,7 @@ from typing import Any
 import redis
 from django.conf import settings
 
-from accounts.models import WRITER_ROLES, Pool, User
+from accounts.models import WRITER_ROLES, User
 from accounts.selectors import pool_access
 from lifecycle.selectors import upload_admission_check
 from poolhub.errors import ApiError, BadRequest, Conflict, NotFound, Unavailable
@@ -107,11 +107,6 @@ class TusUpload:
 
 def expiry_seconds() -> int:
     return int(settings.POOLHUB_TUS_EXPIRY_SECONDS)
-
-
-def max_size_for(*, pool: Pool) -> int:
-    """Tus-Max-Size: the pool's file limit, capped by the server's."""
-    return max_bytes_for(pool=pool)
 
 
 def _state_key(tus_id: str) -> str:

@@ -147,7 +147,7 @@ class TusApi(APIView):
                 response["Access-Control-Max-Age"] = "86400"
         return response
 
-    def _discovery(self, request: Request, max_size: int) -> HttpResponse:
+    def _discovery(self, max_size: int) -> HttpResponse:
         response = HttpResponse(status=204)
         response["Tus-Version"] = TUS_VERSION
         response["Tus-Extension"] = EXTENSIONS
@@ -169,9 +169,9 @@ class TusCreateApi(TusApi):
 
     def options(self, request: Request, *args: Any, **kwargs: Any) -> HttpResponse:  # type: ignore[override]
         if _preflight(request):
-            return self._discovery(request, int(settings.POOLHUB_MAX_FILE_BYTES))
+            return self._discovery(int(settings.POOLHUB_MAX_FILE_BYTES))
         pool = pool_access(user=_user(request), pool_id=kwargs["pool_id"])
-        return self._discovery(request, tus.max_size_for(pool=pool))
+        return self._discovery(max_bytes_for(pool=pool))
 
     @extend_schema(
         request=BODY, parameters=[VERSION_HEADER, _header("Upload-Length", "the file's size", required=True),
@@ -213,10 +213,10 @@ class TusUploadApi(TusApi):
 
     def options(self, request: Request, *args: Any, **kwargs: Any) -> HttpResponse:  # type: ignore[override]
         if _preflight(request):
-            return self._discovery(request, int(settings.POOLHUB_MAX_FILE_BYTES))
+            return self._discovery(int(settings.POOLHUB_MAX_FILE_BYTES))
         upload = tus.tus_get(user=_user(request), tus_id=kwargs["tus_id"])
         pool = pool_access(user=_user(request), pool_id=upload.pool_id)
-        return self._discovery(request, max_bytes_for(pool=pool))
+        return self._discovery(max_bytes_for(pool=pool))
 
     @extend_schema(parameters=[VERSION_HEADER],
                    responses={200: OpenApiResponse(description="Upload-Offset, Upload-Length, Upload-Expires"),
