@@ -417,14 +417,18 @@ def worker_metrics_serve(sender: Any = None, **kwargs: Any) -> None:
 
 
 def _worker_metrics_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+    import json
+
     from django.conf import settings
+
+    from poolhub.errors import error_body
 
     headers = {key[5:].replace("_", "-").title(): value for key, value in environ.items() if key.startswith("HTTP_")}
     allowed = _access_allowed(address=environ.get("REMOTE_ADDR", ""), headers=headers,
                               token=settings.METRICS_TOKEN, networks=settings.METRICS_ALLOWED_CIDRS)
     if environ.get("PATH_INFO") != "/metrics" or not allowed:
         start_response("404 Not Found", [("Content-Type", "application/json")])
-        return [b'{"error": {"code": "not_found", "message": "no such endpoint", "details": {}}}']
+        return [json.dumps(error_body("not_found", "no such endpoint")).encode()]
     body = _counted_text()
     start_response("200 OK", [("Content-Type", CONTENT_TYPE_LATEST)])
     return [body]
