@@ -350,9 +350,13 @@ def _same_result(*, lease: Lease, source: IO[bytes]) -> Result:
     """The result already posted under this lease, if `source` holds the same bytes."""
     existing = Result.objects.get(lease=lease)
     if _hash_only(source) != existing.sha256:
-        raise Conflict("a different result was already posted under this lease",
-                       details={"result_id": str(existing.id), "sha256": existing.sha256})
+        raise _different_result(existing)
     return existing
+
+
+def _different_result(existing: Result) -> Conflict:
+    return Conflict("a different result was already posted under this lease",
+                    details={"result_id": str(existing.id), "sha256": existing.sha256})
 
 
 def result_post(*, group: Group, lease_id: UUID, user: User, is_admin: bool, source: IO[bytes],
@@ -398,8 +402,7 @@ def _result_commit(*, group_id: UUID, lease_id: UUID, result_id: UUID, stored: S
         existing = Result.objects.filter(lease=lease).first()
         if existing is not None:  # the same post raced itself: keep the first
             if existing.sha256 != stored.sha256:
-                raise Conflict("a different result was already posted under this lease",
-                               details={"result_id": str(existing.id), "sha256": existing.sha256})
+                raise _different_result(existing)
             transaction.on_commit(lambda: _result_file_delete(result_id=result_id))
             return existing, False
         result = Result.objects.create(

@@ -77,15 +77,16 @@ def pool_usage(*, pool: Pool) -> dict[str, Any]:
     gone_uploads = gone.filter(stream_type="upload")
     staged = (Upload.objects.filter(pool=pool, status__in=[UploadStatus.CACHED, UploadStatus.FAILED])
               .exclude(id__in=gone_uploads.values("stream_id")).aggregate(total=Sum("size"))["total"]) or 0
+    purged_uploads = gone_uploads.count()
     return {
         "stored_bytes": stored,
-        "uploads": Upload.objects.filter(pool=pool).count() - gone_uploads.count(),
+        "uploads": Upload.objects.filter(pool=pool).count() - purged_uploads,
         "results": Result.objects.filter(pool=pool).count() - gone.filter(stream_type="result").count(),
         "quota_bytes": pool.quota_bytes,
         "retention_days": pool.retention_days,
         "staged_bytes": staged,
         "free_bytes": None if pool.quota_bytes is None else max(0, pool.quota_bytes - stored),
-        "purged_uploads": gone_uploads.count(),
+        "purged_uploads": purged_uploads,
     }
 
 

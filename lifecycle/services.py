@@ -223,9 +223,13 @@ def _result_mark(*, result_id: UUID, now: datetime) -> bool:
     return True
 
 
+def _latest_result_id(*, pool_id: UUID) -> UUID | None:
+    """The pool's newest result: retention never takes it."""
+    return Result.objects.filter(pool_id=pool_id).order_by("-created_at").values_list("id", flat=True).first()
+
+
 def result_is_latest(*, result: Result) -> bool:
-    latest = Result.objects.filter(pool_id=result.pool_id).order_by("-created_at").values_list("id", flat=True)
-    return latest.first() == result.id
+    return _latest_result_id(pool_id=result.pool_id) == result.id
 
 
 # --- removing the bytes -------------------------------------------------------------------------
@@ -316,11 +320,11 @@ def retention_marks_advance(*, now: datetime) -> None:
 
 def _expired_results(*, now: datetime, limit: int) -> list[UUID]:
     ids: list[UUID] = []
-    for pool_id, days in Pool.objects.filter(retention_days__isnull=False).values_list("id", "retention_days"):
-        latest = Result.objects.filter(pool_id=pool_id).order_by("-created_at").values_list("id", flat=True).first()
+    for pool_id, cutoff, _start in _retention_pools(now=now):
+        latest = _latest_result_id(pool_id=pool_id)
         if latest is None:
             continue
-        rows = (Result.objects.filter(pool_id=pool_id, created_at__lt=now - timedelta(days=int(days or 0)))
+        rows = (Result.objects.filter(pool_id=pool_id, created_at__lt=cutoff)
                 .exclude(id=latest).exclude(_purged("result")))
         ids += rows.order_by("created_at").values_list("id", flat=True)[:limit - len(ids)]
         if len(ids) >= limit:

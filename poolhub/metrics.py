@@ -338,14 +338,18 @@ def _webhooks() -> Iterable[Metric]:
     return [family]
 
 
+def _counted_text() -> bytes:
+    """What processes counted: every process's samples under PROMETHEUS_MULTIPROC_DIR, else this one's."""
+    if not MULTIPROC_DIR:
+        return generate_latest(REGISTRY)
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=MULTIPROC_DIR)
+    return generate_latest(registry)
+
+
 def metrics_text() -> bytes:
     """Every process's samples (or this process's) and the scrape-time gauges, in text format."""
-    if MULTIPROC_DIR:
-        registry = CollectorRegistry()
-        MultiProcessCollector(registry, path=MULTIPROC_DIR)
-        counted = generate_latest(registry)
-    else:
-        counted = generate_latest(REGISTRY)
+    counted = _counted_text()
     scraped = CollectorRegistry()
     scraped.register(ScrapeCollector())
     return counted + generate_latest(scraped)
@@ -413,17 +417,18 @@ def worker_metrics_serve(sender: Any = None, **kwargs: Any) -> None:
 
 
 def _worker_metrics_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+    import json
+
     from django.conf import settings
+
+    from poolhub.errors import error_body
 
     headers = {key[5:].replace("_", "-").title(): value for key, value in environ.items() if key.startswith("HTTP_")}
     allowed = _access_allowed(address=environ.get("REMOTE_ADDR", ""), headers=headers,
                               token=settings.METRICS_TOKEN, networks=settings.METRICS_ALLOWED_CIDRS)
     if environ.get("PATH_INFO") != "/metrics" or not allowed:
         start_response("404 Not Found", [("Content-Type", "application/json")])
-        return [b'{"error": {"code": "not_found", "message": "no such endpoint", "details": {}}}']
-    registry = CollectorRegistry()
-    if MULTIPROC_DIR:
-        MultiProcessCollector(registry, path=MULTIPROC_DIR)
-    body = generate_latest(registry if MULTIPROC_DIR else REGISTRY)
+        return [json.dumps(error_body("not_found", "no such endpoint")).encode()]
+    body = _counted_text()
     start_response("200 OK", [("Content-Type", CONTENT_TYPE_LATEST)])
     return [body]

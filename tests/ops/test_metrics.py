@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -120,6 +121,8 @@ def test_the_worker_metrics_port_follows_the_same_rule() -> None:
     assert _worker_scrape(REMOTE_ADDR=OUTSIDE, HTTP_AUTHORIZATION="Bearer metrics-token-for-tests")[0] == "200 OK"
     assert _worker_scrape(HTTP_X_FORWARDED_FOR=OUTSIDE)[0].startswith("404")
     assert _worker_scrape(PATH_INFO="/other")[0].startswith("404")
+    assert json.loads(_worker_scrape(PATH_INFO="/other")[1]) == {
+        "error": {"code": "not_found", "message": "no such endpoint", "details": {}}}
 
 
 @pytest.mark.parametrize("path", ["/healthz", "/readyz", "/metrics"])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import re
 import uuid
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
@@ -421,6 +422,12 @@ def download(settings: ClientSettings, path: str, dest: Any, *, fallback: str, p
         if partial is not None and partial.done and etag:
             headers = {"Range": f"bytes={partial.done}-", "If-Range": etag}
         response = yield from exchange(settings, Call("GET", path, params=params, headers=headers, stream=True))
+        if partial is not None and response.status_code == 206 and _range_start(response) != partial.done:
+            # Not the rest we asked for: appending it would corrupt the file, so start over.
+            yield Discard(response)
+            partial.abort()
+            partial, etag = None, None
+            continue
         if partial is None or response.status_code != 206:
             if partial is not None:
                 partial.abort()  # the server sent the whole body again (the file changed, or no ranges)
@@ -432,6 +439,12 @@ def download(settings: ClientSettings, path: str, dest: Any, *, fallback: str, p
             return partial.finish()
         yield Sleep(settings._retry_delay(attempt, TransportError(f"download of {partial.dest.name} broke off: "
                                                                    f"{broke}")))
+
+
+def _range_start(response: httpx.Response) -> int | None:
+    """Where a 206's `Content-Range: bytes START-END/SIZE` starts, or None if it says nothing usable."""
+    match = re.fullmatch(r"bytes (\d+)-\d+/(?:\d+|\*)", response.headers.get("Content-Range", "").strip())
+    return int(match.group(1)) if match else None
 
 
 def download_latest_result(settings: ClientSettings, pool: str, dest: Any, *,
