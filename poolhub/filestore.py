@@ -333,6 +333,8 @@ def file_intact(*, bucket: Bucket, file_id: UUID | str, sha256: str,
     `on_chunk` runs after each chunk (a long read-back can renew a lock with it)."""
     try:
         stored = file_open(bucket=bucket, file_id=file_id)
+        if stored.sha256 and stored.sha256 != sha256:
+            return False  # recorded as other bytes: no need to read them back
         digest = hashlib.sha256()
         for chunk in file_read(stored=stored):
             digest.update(chunk)
